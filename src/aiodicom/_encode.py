@@ -1,0 +1,378 @@
+"""The synchronous core: validate a dataset, then encode it as a stream of chunks.
+
+Sans-I/O in the spirit of h11: nothing here opens, writes or waits.  :func:`prepare`
+performs every check that :func:`pydicom.dcmwrite` performs *before* it writes its
+first byte, so bad input raises before any destination is touched.  The returned
+:class:`EncodePlan` then yields the encoded file as a sequence of chunks (``bytes``
+or ``memoryview``) that concatenate to exactly what :func:`pydicom.dcmwrite` writes.
+
+pydicom's own encoder does the work for every element except the few large
+byte-valued ones at the top level of the dataset (Pixel Data, typically).  For those
+we emit the element header ourselves (a few lines mirroring
+:func:`pydicom.filewriter.write_data_element`) and hand on ``memoryview`` slices of
+the caller's buffer, untouched: pydicom would copy the value twice.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from dataclasses import dataclass
+from struct import Struct
+from typing import Any, Final
+
+from pydicom.charset import default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.fileutil import buffer_remaining, read_buffer, reset_buffer_position
+from pydicom.filewriter import (
+    _determine_encoding,
+    correct_ambiguous_vr,
+    write_data_element,
+    write_file_meta_info,
+)
+from pydicom.tag import BaseTag, SequenceDelimiterTag, tag_in_exception
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
+from pydicom.dataset import validate_file_meta
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+__all__ = ["Chunk", "EncodePlan", "prepare", "CHUNK_SIZE", "PASSTHROUGH_MIN"]
+
+Chunk = bytes | memoryview
+"""One piece of the encoded file.  Sinks may only take ``len()`` of it and write it."""
+
+CHUNK_SIZE: Final = 4 * 1024 * 1024
+"""Small elements are coalesced into chunks of about this size, and large values
+are handed on in slices of this size (so cancellation is checked often)."""
+
+PASSTHROUGH_MIN: Final = 64 * 1024
+"""Byte values at least this long bypass pydicom's copy and pass through as slices."""
+
+_PIXEL_DATA: Final = 0x7FE00010
+
+# VRs whose pydicom writer is write_OBvalue / write_OWvalue / write_UN: the value is
+# written verbatim (plus one pad byte when odd), so it may pass through untouched.
+_VERBATIM_VRS: Final = frozenset(
+    {"OB", "OD", "OF", "OL", "OW", "OV", "UN", "OB or OW", "US or OW", "US or SS or OW",
+     "US or SS"}
+)
+
+_TAG = {True: Struct("<HH"), False: Struct(">HH")}
+_UL = {True: Struct("<L"), False: Struct(">L")}
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """A validated dataset, ready to be encoded.
+
+    Create one with :func:`prepare`.  :meth:`chunks` may be iterated once.
+    """
+
+    dataset: Dataset
+    implicit_vr: bool
+    little_endian: bool
+    head: bytes
+    """Preamble, prefix and File Meta Information: everything before the dataset."""
+    deflate: bool
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Yield the encoded file, in order, as ``bytes`` or ``memoryview`` chunks."""
+        body = _encode_dataset(self.dataset, self.implicit_vr, self.little_endian)
+        if self.deflate:
+            body = _deflate(body)
+        pending = bytearray(self.head)
+        for chunk in body:
+            if len(chunk) >= PASSTHROUGH_MIN:
+                if pending:
+                    yield bytes(pending)
+                    pending.clear()
+                yield chunk
+            else:
+                pending += chunk
+                if len(pending) >= CHUNK_SIZE:
+                    yield bytes(pending)
+                    pending.clear()
+        if pending:
+            yield bytes(pending)
+
+
+def prepare(
+    dataset: Dataset,
+    *,
+    implicit_vr: bool | None = None,
+    little_endian: bool | None = None,
+    enforce_file_format: bool = False,
+    force_encoding: bool = False,
+    on_open: Callable[[tuple[bool, bool]], None] | None = None,
+) -> EncodePlan:
+    """Validate `dataset` exactly as :func:`pydicom.dcmwrite` does, then plan it.
+
+    Raises the same exceptions, with the same messages, and has the same effects
+    on `dataset` (the Pixel Data undefined-length flag) as pydicom, in the same
+    order.  `on_open` is called with ``(implicit_vr, little_endian)`` at the point
+    where pydicom opens its destination (so a bad destination is reported after a
+    bad dataset, as in pydicom); it must not create anything.  Nothing is written.
+
+    The checks of pydicom's ``write_like_original`` and ``**kwargs`` arguments,
+    which come first in pydicom, are the caller's (see ``aiodicom._write``).
+    """
+    # Mirrors pydicom.filewriter.dcmwrite (3.0) up to the point where it opens `fp`.
+    cls_name = dataset.__class__.__name__
+    bad_tags = [x >> 16 for x in dataset._dict if x >> 16 in (0, 2)]
+    if bad_tags:
+        if 0 in bad_tags:
+            raise ValueError(
+                "Command Set elements (0000,eeee) are not allowed when using "
+                "dcmwrite(), use write_dataset() instead"
+            )
+        raise ValueError(
+            "File Meta Information Group elements (0002,eeee) must be in a "
+            f"FileMetaDataset instance in the '{cls_name}.file_meta' attribute"
+        )
+
+    if force_encoding and enforce_file_format:
+        raise ValueError("'force_encoding' cannot be used with 'enforce_file_format'")
+
+    file_meta = FileMetaDataset()
+    if hasattr(dataset, "file_meta"):
+        file_meta = deepcopy(dataset.file_meta)
+
+    tsyntax: UID | None = file_meta.get("TransferSyntaxUID", None)
+    encoding = _determine_encoding(
+        dataset, tsyntax, implicit_vr, little_endian, force_encoding
+    )
+    if not force_encoding and encoding == (True, False):
+        raise ValueError(
+            "Implicit VR and big endian is not a valid encoding combination"
+        )
+
+    preamble = getattr(dataset, "preamble", None)
+    if preamble and len(preamble) != 128:
+        raise ValueError(f"'{cls_name}.preamble' must be 128-bytes long")
+
+    if enforce_file_format:
+        if tsyntax is None:
+            if encoding == (True, True):
+                file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            elif encoding == (False, False):
+                file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+            tsyntax = file_meta.get("TransferSyntaxUID", None)
+
+        meta_class = file_meta.get("MediaStorageSOPClassUID", None)
+        ds_class = dataset.get("SOPClassUID", None)
+        if meta_class is None or (ds_class and ds_class != meta_class):
+            file_meta.MediaStorageSOPClassUID = ds_class
+
+        meta_instance = file_meta.get("MediaStorageSOPInstanceUID", None)
+        ds_instance = dataset.get("SOPInstanceUID", None)
+        if meta_instance is None or (ds_instance and ds_instance != meta_instance):
+            file_meta.MediaStorageSOPInstanceUID = ds_instance
+
+        validate_file_meta(file_meta, enforce_standard=True)
+        if not preamble:
+            preamble = b"\x00" * 128
+
+    if tsyntax and not tsyntax.is_private and tsyntax.is_transfer_syntax:
+        if "PixelData" in dataset:
+            dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
+
+    if on_open is not None:
+        on_open(encoding)
+
+    # pydicom encodes the File Meta Information after opening the file; it only
+    # raises for invalid meta, so doing it now moves that error before the open.
+    head = bytearray()
+    if preamble:
+        head += preamble
+        head += b"DICM"
+    if file_meta:
+        meta = DicomBytesIO()
+        meta.is_implicit_VR, meta.is_little_endian = encoding
+        write_file_meta_info(meta, file_meta, enforce_standard=enforce_file_format)
+        head += meta.getvalue()
+
+    return EncodePlan(
+        dataset=dataset,
+        implicit_vr=encoding[0],
+        little_endian=encoding[1],
+        head=bytes(head),
+        deflate=tsyntax == DeflatedExplicitVRLittleEndian,
+    )
+
+
+def _deflate(body: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Deflate `body` as a stream; zlib's output does not depend on how it is split."""
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    total = 0
+    for chunk in body:
+        out = compressor.compress(chunk)
+        if out:
+            total += len(out)
+            yield out
+    out = compressor.flush()
+    total += len(out)
+    if out:
+        yield out
+    if total % 2:
+        yield b"\x00"
+
+
+def _encode_dataset(
+    dataset: Dataset, implicit_vr: bool, little_endian: bool
+) -> Iterator[Chunk]:
+    """Yield the top-level `dataset` encoded like ``pydicom.filewriter.write_dataset``.
+
+    Elements go through pydicom's ``write_data_element`` into a small buffer, except
+    large verbatim byte values, which are framed here and handed on uncopied.
+    """
+    encoding = (implicit_vr, little_endian)
+    get_item: Callable[[BaseTag], DataElement | RawDataElement] = dataset.get_item
+    if (
+        encoding != dataset.original_encoding
+        or dataset.original_character_set != dataset._character_set
+    ):
+        dataset = correct_ambiguous_vr(dataset, little_endian)
+        get_item = dataset.__getitem__
+
+    charset = dataset.get("SpecificCharacterSet", default_encoding)
+    buffer = _new_buffer(encoding)
+    for tag in sorted(dataset.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue
+        with tag_in_exception(tag):
+            elem = get_item(tag)
+            passthrough = _passthrough(elem, implicit_vr, little_endian)
+            if passthrough is None:
+                write_data_element(buffer, elem, charset)
+                if buffer.tell() >= CHUNK_SIZE:
+                    yield buffer.getvalue()
+                    buffer = _new_buffer(encoding)
+                continue
+            if buffer.tell():
+                yield buffer.getvalue()
+                buffer = _new_buffer(encoding)
+            yield from passthrough
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def _new_buffer(encoding: tuple[bool, bool]) -> DicomBytesIO:
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = encoding
+    return buffer
+
+
+def _slices(view: memoryview) -> Iterator[memoryview]:
+    for start in range(0, len(view), CHUNK_SIZE):
+        yield view[start : start + CHUNK_SIZE]
+
+
+def _passthrough(
+    elem: DataElement | RawDataElement, implicit_vr: bool, little_endian: bool
+) -> Iterator[Chunk] | None:
+    """Return the chunks of a large verbatim element, or ``None`` to let pydicom do it.
+
+    Only cases where ``write_data_element`` writes the value verbatim qualify, and
+    only where the header can be derived without any of its special cases (VR
+    change to UN, ambiguous VR error, 16-bit explicit length).
+    """
+    vr = elem.VR
+    if not implicit_vr and vr not in EXPLICIT_VR_LENGTH_32:
+        return None  # 16-bit length, VR change to UN or ambiguous VR: pydicom's job
+    if not elem.is_raw and vr not in _VERBATIM_VRS:
+        return None
+
+    if elem.is_raw:
+        # pydicom writes a raw value as it is, whatever its VR: no padding.
+        value = elem.value
+        if not isinstance(value, bytes | bytearray) or len(value) < PASSTHROUGH_MIN:
+            return None
+        view = memoryview(value)
+        length = len(view)
+        undefined = elem.length == 0xFFFFFFFF
+        pad = False
+    elif elem.is_buffered:
+        if vr == "UN":
+            return None
+        return _buffered(elem, implicit_vr, little_endian)
+    else:
+        value = elem.value
+        if not isinstance(value, bytes | bytearray | memoryview) or elem.is_empty:
+            return None
+        view = memoryview(value)
+        if not view.c_contiguous:
+            return None
+        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        if view.nbytes < PASSTHROUGH_MIN:
+            return None
+        pad = view.nbytes % 2 == 1 and vr != "UN"
+        length = view.nbytes + pad
+        undefined = elem.is_undefined_length
+
+    if undefined and elem.tag == _PIXEL_DATA:
+        _check_encapsulated(value[:4], little_endian)
+
+    def chunks() -> Iterator[Chunk]:
+        yield _header(elem.tag, vr, length, undefined, implicit_vr, little_endian)
+        yield from _slices(view)
+        yield _trailer(pad, undefined, little_endian)
+
+    return chunks()
+
+
+def _buffered(elem: DataElement, implicit_vr: bool, little_endian: bool) -> Iterator[Chunk]:
+    """Stream a buffered (file-like) value the way pydicom writes one.
+
+    pydicom puts the *unpadded* remaining length in the header and still appends a
+    pad byte after an odd-length value; we reproduce that byte for byte.
+    """
+    buffer = elem.value
+    undefined = elem.is_undefined_length
+    if undefined and elem.tag == _PIXEL_DATA:
+        with reset_buffer_position(buffer):
+            _check_encapsulated(buffer.read(4), little_endian)
+    length = buffer_remaining(buffer)
+    yield _header(elem.tag, elem.VR, length, undefined, implicit_vr, little_endian)
+    written = 0
+    with reset_buffer_position(buffer):
+        for chunk in read_buffer(buffer, chunk_size=CHUNK_SIZE):
+            written += len(chunk)
+            yield chunk
+    yield _trailer(written % 2 == 1, undefined, little_endian)
+
+
+def _check_encapsulated(first: Any, little_endian: bool) -> None:
+    # Same test and message as pydicom's write_data_element (see pydicom #238).
+    tag = b"\xFE\xFF\x00\xE0" if little_endian else b"\xFF\xFE\xE0\x00"
+    if not first.startswith(tag):
+        raise ValueError(
+            "The (7FE0,0010) 'Pixel Data' element value hasn't been "
+            "encapsulated as required for a compressed transfer syntax - "
+            "see pydicom.encaps.encapsulate() for more information"
+        )
+
+
+def _header(
+    tag: int, vr: str, length: int, undefined: bool, implicit_vr: bool, little_endian: bool
+) -> bytes:
+    """Tag, VR and 32-bit length of an element, as ``write_data_element`` frames it."""
+    out = _TAG[little_endian].pack(tag >> 16, tag & 0xFFFF)
+    if not implicit_vr:
+        out += vr.encode(default_encoding) + b"\x00\x00"
+    return out + _UL[little_endian].pack(0xFFFFFFFF if undefined else length)
+
+
+def _trailer(pad: bool, undefined: bool, little_endian: bool) -> bytes:
+    out = b"\x00" if pad else b""
+    if undefined:
+        out += _TAG[little_endian].pack(
+            SequenceDelimiterTag >> 16, SequenceDelimiterTag & 0xFFFF
+        ) + _UL[little_endian].pack(0)
+    return out

@@ -1,0 +1,220 @@
+"""Local files: write a temporary file beside the target, then publish it atomically.
+
+* ``exist_ok=True``: ``os.replace`` over the target; readers see the old file or the
+  new one, never a mix, and a failed write leaves the old file as it was.
+* ``exist_ok=False``: ``os.link`` of the finished temporary file to the target, which
+  fails if the target exists, so of many racing writers exactly one wins (on
+  filesystems without hard links, ``renameat2(RENAME_NOREPLACE)``).
+* Overwriting keeps the old file's permission bits; the file gets a new inode, so
+  hard links to the old file keep the old content and the owner becomes the writer.
+* A symbolic link is followed: its target is replaced, the link stays.
+* Targets that are not regular files (``/dev/null``, a FIFO) are written in place,
+  as pydicom does; such a write cannot be rolled back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+import tempfile
+from typing import Final
+
+from ._base import Chunk
+
+__all__ = ["LocalFile"]
+
+_TEMP_SUFFIX: Final = ".aiodicom-tmp"
+_TEMP_NAME_MAX: Final = 64  # characters of the target's name kept in the temp name
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no other way to read it; set it straight back
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE: Final = 0o666 & ~_read_umask()
+
+
+class LocalFile:
+    """A file on the local filesystem, published atomically.
+
+    Parameters
+    ----------
+    path : str, bytes or os.PathLike
+        Where the file goes.  Its directory must exist.
+    fsync : bool, optional
+        If ``True``, flush the file and its directory to stable storage before
+        :meth:`~aiodicom.sinks.Writer.commit` returns, so the write survives a
+        power loss.  Default ``False`` (as :func:`pydicom.dcmwrite`).
+    """
+
+    def __init__(
+        self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, fsync: bool = False
+    ) -> None:
+        self.path: str = os.fsdecode(os.fspath(path))
+        self.fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"LocalFile({self.path!r})"
+
+    def open(self, *, exist_ok: bool) -> _InPlaceWriter | _TempFileWriter:
+        path = self.path
+        if not exist_ok and os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        target = os.path.realpath(path) if os.path.islink(path) else path
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            st = None
+        except NotADirectoryError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            return _InPlaceWriter(path)
+
+        directory, name = os.path.split(os.path.abspath(target))
+        try:
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{name[:_TEMP_NAME_MAX]}.", suffix=_TEMP_SUFFIX, dir=directory
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        except PermissionError as exc:
+            raise PermissionError(
+                exc.errno,
+                f"cannot create a temporary file in {directory!r} to publish "
+                f"{path!r} atomically ({exc.strerror})",
+            ) from None
+        mode = stat.S_IMODE(st.st_mode) if st is not None else _NEW_FILE_MODE
+        return _TempFileWriter(path, target, fd, temp, exist_ok, self.fsync, mode)
+
+
+class _TempFileWriter:
+    def __init__(
+        self,
+        path: str,
+        target: str,
+        fd: int,
+        temp: str,
+        exist_ok: bool,
+        fsync: bool,
+        mode: int,
+    ) -> None:
+        self._path = path
+        self._target = target
+        self._fd = fd
+        self._temp = temp
+        self._exist_ok = exist_ok
+        self._fsync = fsync
+        self._mode = mode
+
+    def write(self, chunk: Chunk, /) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def commit(self) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            os.fchmod(fd, self._mode)
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._exist_ok:
+            os.replace(self._temp, self._target)
+        else:
+            try:
+                _publish_exclusive(self._temp, self._target)
+            except FileExistsError:
+                raise FileExistsError(
+                    errno.EEXIST, os.strerror(errno.EEXIST), self._path
+                ) from None
+            finally:
+                _unlink_quietly(self._temp)
+        if self._fsync:
+            _fsync_directory(os.path.dirname(os.path.abspath(self._target)))
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+        _unlink_quietly(self._temp)
+
+
+class _InPlaceWriter:
+    """For targets that are not regular files: written directly, no rollback."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed in commit/abort)
+
+    def write(self, chunk: Chunk, /) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[self._file.write(view) or 0 :]
+
+    def commit(self) -> None:
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_LINK_UNSUPPORTED: Final = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
+_RENAME_NOREPLACE: Final = 1
+
+
+def _publish_exclusive(temp: str, target: str) -> None:
+    """Make `temp` appear at `target` unless `target` exists; atomic either way."""
+    try:
+        os.link(temp, target)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _LINK_UNSUPPORTED:
+            raise
+    _renameat2_noreplace(temp, target)
+
+
+def _renameat2_noreplace(temp: str, target: str) -> None:
+    libc_name = ctypes.util.find_library("c")
+    renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        raise OSError(
+            errno.ENOTSUP,
+            "this filesystem offers no atomic exclusive create (no hard links, "
+            "no renameat2); use exist_ok=True",
+            target,
+        )
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(temp), at_fdcwd, os.fsencode(target), _RENAME_NOREPLACE):
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), target)
