@@ -60,9 +60,6 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
             "dcmwrite: an fsspec filesystem needs a path too: pass "
             "(filesystem, path) as the destination"
         )
-    if isinstance(destination, Sink | AsyncSink) and not hasattr(destination, "write"):
-        _no_storage_options(storage_options, destination)
-        return destination
     if isinstance(destination, str | bytes | os.PathLike):
         path = os.fspath(destination)
         if isinstance(path, str) and is_url(path):
@@ -78,6 +75,8 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
         _no_storage_options(storage_options, destination)
         return FsspecFile(fs, path)
     _no_storage_options(storage_options, destination)
+    if isinstance(destination, Sink | AsyncSink) and not hasattr(destination, "write"):
+        return destination
     if isinstance(destination, bytearray):
         return Bytearray(destination)
     if isinstance(destination, DicomIO):
