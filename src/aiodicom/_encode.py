@@ -56,6 +56,7 @@ PASSTHROUGH_MIN: Final = 64 * 1024
 """Byte values at least this long bypass pydicom's copy and pass through as slices."""
 
 _PIXEL_DATA: Final = 0x7FE00010
+_DEFLATE_SLICE: Final = 1024 * 1024
 
 # VRs whose pydicom writer is write_OBvalue / write_OWvalue / write_UN: the value is
 # written verbatim (plus one pad byte when odd), so it may pass through untouched.
@@ -212,10 +213,13 @@ def _deflate(body: Iterator[Chunk]) -> Iterator[Chunk]:
     compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     total = 0
     for chunk in body:
-        out = compressor.compress(chunk)
-        if out:
-            total += len(out)
-            yield out
+        view = memoryview(chunk)
+        # small slices keep each compressed output (and zlib's buffer) small
+        for start in range(0, len(view), _DEFLATE_SLICE):
+            out = compressor.compress(view[start : start + _DEFLATE_SLICE])
+            if out:
+                total += len(out)
+                yield out
     out = compressor.flush()
     total += len(out)
     if out:
