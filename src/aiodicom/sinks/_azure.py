@@ -1,0 +1,135 @@
+"""Azure Blob Storage through adlfs's async service client: Put Blob or blocks.
+
+Exclusive create is ``If-None-Match: *`` on Put Blob and on Put Block List.  Block
+ids carry a random per-write prefix, so concurrent writers of one blob never mix
+their blocks.  A failed write never commits its block list; the service drops
+uncommitted blocks by itself (after a week at the latest, or at the next commit
+of that blob).  The Azure SDK retries each request itself; ours are on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from ._remote import Options
+
+__all__ = ["AzureStore"]
+
+
+class AzureStore:
+    """One blob on Azure (see ``_remote._Store``)."""
+
+    part_size_multiple = 1
+    min_part_size = 1
+    ordered = False
+
+    def __init__(self, fs: Any, path: str, options: Options) -> None:
+        self.fs = fs
+        self.loop: asyncio.AbstractEventLoop = fs.loop
+        self.path = path
+        self.container, self.blob, _ = fs.split_path(path)
+        self.options = options
+        self._prefix = uuid.uuid4().hex
+        self._client: Any = None
+        self._last_block: str | None = None
+
+    async def prepare(self) -> None:
+        self._client = self.fs.service_client.get_blob_client(self.container, self.blob)
+
+    def _settings(self) -> dict[str, Any]:
+        from azure.storage.blob import ContentSettings
+
+        args: dict[str, Any] = {
+            "content_settings": ContentSettings(content_type=self.options.content_type),
+            "metadata": dict(self.options.metadata) or None,
+        }
+        args.update(self.options.upload_args)
+        return args
+
+    def _block_id(self, number: int) -> str:
+        return f"{self._prefix}-{number:08d}"  # the SDK base64-encodes it
+
+    async def exists(self) -> bool:
+        return bool(await self._client.exists())
+
+    async def put(self, data: bytearray, exclusive: bool) -> None:
+        try:
+            await self._client.upload_blob(
+                bytes(data), overwrite=not exclusive, length=len(data), **self._settings()
+            )
+        except Exception as exc:
+            if exclusive and _is_exists(exc):
+                raise FileExistsError(self.path) from exc
+            raise
+
+    async def start(self, exclusive: bool) -> None:
+        pass
+
+    async def upload_part(self, number: int, offset: int, data: bytearray) -> Any:
+        block_id = self._block_id(number)
+        await self._client.stage_block(block_id, bytes(data), length=len(data))
+        return block_id
+
+    async def complete(
+        self, parts: list[Any], offset: int, last: bytearray, exclusive: bool
+    ) -> None:
+        from azure.core import MatchConditions
+
+        if self._last_block is None:
+            self._last_block = await self.upload_part(len(parts) + 1, offset, last)
+        condition: dict[str, Any] = (
+            {"match_condition": MatchConditions.IfMissing} if exclusive else {}
+        )
+        try:
+            await self._client.commit_block_list(
+                [*parts, self._last_block], **self._settings(), **condition
+            )
+        except Exception as exc:
+            # a racing writer's commit also drops our uncommitted blocks
+            if exclusive and (
+                _is_exists(exc) or (_error_code(exc) == "InvalidBlockList" and await self.exists())
+            ):
+                raise FileExistsError(self.path) from exc
+            raise
+
+    async def cancel(self) -> None:
+        pass  # uncommitted blocks are invisible and dropped by the service
+
+    def is_transient(self, exc: BaseException) -> bool:
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        if isinstance(exc, ServiceRequestError | ServiceResponseError | asyncio.TimeoutError):
+            return True
+        if isinstance(exc, HttpResponseError):
+            status = exc.status_code or 0
+            return status >= 500 or status == 429
+        return False
+
+    def translate(self, exc: Exception) -> Exception:
+        from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+
+        if isinstance(exc, ResourceNotFoundError):
+            return FileNotFoundError(str(exc))
+        if isinstance(exc, ClientAuthenticationError):
+            return PermissionError(str(exc))
+        return exc
+
+    def invalidate(self) -> None:
+        self.fs.invalidate_cache(self.path)
+
+
+def _is_exists(exc: BaseException) -> bool:
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+    return isinstance(exc, ResourceExistsError | ResourceModifiedError)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    code = getattr(exc, "error_code", None)
+    return str(code) if code is not None else None

