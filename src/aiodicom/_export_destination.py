@@ -1,0 +1,153 @@
+"""Where exported files go: a root (local folder or URL prefix) and byte counting."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .sinks import AsyncSink, AsyncWriter, Chunk, Sink, Writer, is_url, resolve
+
+__all__ = ["CountingAsyncSink", "CountingSink", "Root"]
+
+
+@dataclass
+class Root:
+    """The destination root: a local folder, or an fsspec URL prefix.
+
+    Build one with :meth:`parse`, which checks it before any work starts.
+    """
+
+    location: str
+    is_local: bool
+    storage_options: dict[str, Any] | None = None
+    _fs: Any = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, destination: Any, storage_options: dict[str, Any] | None) -> Root:
+        """Check `destination` and return its root.
+
+        Raises
+        ------
+        TypeError
+            If `destination` is not a path or a URL string.
+        ValueError
+            For an unknown URL protocol (or one whose package is missing),
+            `storage_options` with a local folder, or a local path that exists
+            and is not a folder.
+        """
+        if not isinstance(destination, str | bytes | os.PathLike):
+            raise TypeError(
+                "the export destination must be a folder path or an fsspec URL "
+                f"prefix, not {type(destination).__name__}"
+            )
+        location = os.fsdecode(os.fspath(destination))
+        if is_url(location) and not location.startswith("file://"):
+            _check_protocols(location)
+            return cls(location.rstrip("/"), False, storage_options)
+        if storage_options:
+            raise ValueError("storage_options are only for fsspec URL destinations")
+        folder = os.path.abspath(location.removeprefix("file://"))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(f"the export destination {folder!r} exists and is not a folder")
+        return cls(folder, True)
+
+    def join(self, relative: str) -> str:
+        """The destination of `relative` (a checked, ``/``-separated path)."""
+        if not self.is_local:
+            return f"{self.location}/{relative}"
+        joined = os.path.normpath(os.path.join(self.location, *relative.split("/")))
+        if os.path.commonpath([self.location, joined]) != self.location:  # belt and braces
+            raise ValueError(f"{relative!r} would leave the destination {self.location!r}")
+        return joined
+
+    def make_parent(self, destination: str) -> None:
+        """Create the folders `destination` needs (local roots only; blocking)."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+
+    def exists(self, destination: str) -> bool:
+        """Whether `destination` exists now (blocking)."""
+        if self.is_local:
+            return os.path.lexists(destination)
+        if self._fs is None:
+            from fsspec.core import url_to_fs
+
+            self._fs, _ = url_to_fs(self.location, **(self.storage_options or {}))
+        return bool(self._fs.exists(destination))
+
+    def sink(self, destination: str) -> CountingSink | CountingAsyncSink:
+        """A sink for `destination` that counts the bytes it commits."""
+        inner = resolve(destination, None if self.is_local else self.storage_options)
+        if isinstance(inner, Sink):
+            return CountingSink(inner)
+        return CountingAsyncSink(inner)
+
+
+def _check_protocols(url: str) -> None:
+    import fsspec
+
+    head = url.partition("://")[0]
+    for protocol in head.split("::"):
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as exc:
+            raise ValueError(f"cannot write to {url!r}: {exc}") from None
+
+
+class CountingSink:
+    """Wraps a :class:`~aiodicom.sinks.Sink`; :attr:`count` is the bytes committed."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.count = 0
+
+    def open(self, *, exist_ok: bool) -> Writer:
+        return _CountingWriter(self, self.inner.open(exist_ok=exist_ok))
+
+
+class _CountingWriter:
+    def __init__(self, sink: CountingSink, inner: Writer) -> None:
+        self._sink = sink
+        self._inner = inner
+        self._count = 0
+
+    def write(self, chunk: Chunk, /) -> None:
+        self._inner.write(chunk)
+        self._count += len(chunk)
+
+    def commit(self) -> None:
+        self._inner.commit()
+        self._sink.count = self._count
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
+class CountingAsyncSink:
+    """Wraps an :class:`~aiodicom.sinks.AsyncSink`; :attr:`count` is the bytes committed."""
+
+    def __init__(self, inner: AsyncSink) -> None:
+        self.inner = inner
+        self.count = 0
+
+    async def open_async(self, *, exist_ok: bool) -> AsyncWriter:
+        return _CountingAsyncWriter(self, await self.inner.open_async(exist_ok=exist_ok))
+
+
+class _CountingAsyncWriter:
+    def __init__(self, sink: CountingAsyncSink, inner: AsyncWriter) -> None:
+        self._sink = sink
+        self._inner = inner
+        self._count = 0
+
+    async def write(self, chunk: Chunk, /) -> None:
+        await self._inner.write(chunk)
+        self._count += len(chunk)
+
+    async def commit(self) -> None:
+        await self._inner.commit()
+        self._sink.count = self._count
+
+    async def abort(self) -> None:
+        await self._inner.abort()

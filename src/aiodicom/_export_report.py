@@ -1,0 +1,213 @@
+"""What :func:`aiodicom.export` reports: one result per item, and a summary."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ExportProgress", "ExportReport", "ItemResult", "Status"]
+
+
+class Status(str, enum.Enum):
+    """What happened to one item."""
+
+    WRITTEN = "written"
+    """The destination was written."""
+    SKIPPED = "skipped"
+    """Nothing was written and that is fine: the destination already existed
+    (``skip_existing=True``).  :attr:`ItemResult.error` says why."""
+    FAILED = "failed"
+    """The item could not be read, named or written; :attr:`ItemResult.error` says why."""
+    PLANNED = "planned"
+    """Dry run: the item was read and named, and would be written."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The outcome of exporting one item.
+
+    Attributes
+    ----------
+    source : str
+        Where the item came from: a path, a URL, or ``<Dataset SOPInstanceUID>``.
+    destination : str or None
+        Where it went (or would go, or would have gone); ``None`` if it could not
+        be named.
+    status : Status
+        Written, skipped, failed or (dry run) planned.
+    bytes : int
+        Bytes written (0 unless written).
+    seconds : float
+        Time spent on this item: reading, naming and writing.
+    error : BaseException or None
+        Why it failed or was skipped; ``None`` otherwise.
+    """
+
+    source: str
+    destination: str | None
+    status: Status
+    bytes: int = 0
+    seconds: float = 0.0
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """``True`` unless the item failed."""
+        return self.status is not Status.FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (the error as ``"Type: message"``)."""
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "status": self.status.value,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 6),
+            "error": describe_error(self.error) if self.error is not None else None,
+        }
+
+
+def describe_error(error: BaseException) -> str:
+    """``"Type: message"``, in one line."""
+    message = " ".join(str(error).split())
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name
+
+
+@dataclass(frozen=True, slots=True)
+class ExportProgress:
+    """Passed to the ``progress`` callback after each item.
+
+    Attributes
+    ----------
+    item : ItemResult
+        The item that just finished.
+    done, written, skipped, failed : int
+        Items finished so far, in total and by status (``planned`` items count
+        as ``written`` in a dry run).
+    bytes_written : int
+        Bytes written so far.
+    elapsed : float
+        Seconds since the export started.
+    total : int or None
+        The number of items, if the caller said (``export(total=...)``).
+    """
+
+    item: ItemResult
+    done: int
+    written: int
+    skipped: int
+    failed: int
+    bytes_written: int
+    elapsed: float
+    total: int | None
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """The outcome of :func:`aiodicom.export`.
+
+    Attributes
+    ----------
+    items : list of ItemResult
+        One per item, in the order they finished.
+    seconds : float
+        Wall-clock time of the whole export.
+    stopped_early : bool
+        ``True`` if ``fail_fast`` stopped the export at the first failure (items
+        in flight then were cancelled and left nothing behind; they are not
+        listed) or if the export was interrupted.
+    dry_run : bool
+        ``True`` if nothing was meant to be written.
+    """
+
+    items: list[ItemResult]
+    seconds: float
+    stopped_early: bool = False
+    dry_run: bool = False
+    _counts: dict[Status, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        counts = dict.fromkeys(Status, 0)
+        for item in self.items:
+            counts[item.status] += 1
+        object.__setattr__(self, "_counts", counts)
+
+    @property
+    def written(self) -> int:
+        """Items written (in a dry run: items that would be written)."""
+        return self._counts[Status.WRITTEN] + self._counts[Status.PLANNED]
+
+    @property
+    def skipped(self) -> int:
+        """Items skipped because their destination existed."""
+        return self._counts[Status.SKIPPED]
+
+    @property
+    def failed(self) -> int:
+        """Items that failed."""
+        return self._counts[Status.FAILED]
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written, over all items."""
+        return sum(item.bytes for item in self.items)
+
+    @property
+    def throughput(self) -> float:
+        """Bytes written per second of wall-clock time."""
+        return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def failures(self) -> Sequence[ItemResult]:
+        """The items that failed."""
+        return [item for item in self.items if item.status is Status.FAILED]
+
+    @property
+    def ok(self) -> bool:
+        """``True`` if no item failed and the export ran to the end."""
+        return self.failed == 0 and not self.stopped_early
+
+    def summary(self) -> str:
+        """One line: counts, bytes, time and throughput."""
+        verb = "would write" if self.dry_run else "written"
+        text = (
+            f"{self.written} {verb}, {self.skipped} skipped, {self.failed} failed; "
+            f"{format_bytes(self.bytes_written)} in {self.seconds:.2f} s"
+        )
+        if not self.dry_run and self.seconds > 0:
+            rate = len(self.items) / self.seconds
+            text += f" ({format_bytes(self.throughput)}/s, {rate:.1f} items/s)"
+        if self.stopped_early:
+            text += "; stopped early"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary: a ``summary`` and the ``items``."""
+        return {
+            "summary": {
+                "written": self.written,
+                "skipped": self.skipped,
+                "failed": self.failed,
+                "bytes_written": self.bytes_written,
+                "seconds": round(self.seconds, 6),
+                "bytes_per_second": round(self.throughput, 1),
+                "stopped_early": self.stopped_early,
+                "dry_run": self.dry_run,
+            },
+            "items": [item.to_dict() for item in self.items],
+        }
+
+
+def format_bytes(count: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")

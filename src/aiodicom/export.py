@@ -1,0 +1,323 @@
+"""Bulk export: many datasets to a folder or an object-store prefix, concurrently.
+
+See :func:`export` and the "Bulk export" page of the documentation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+from pydicom.dataset import Dataset
+
+from ._export_destination import Root
+from ._export_report import ExportProgress, ExportReport, ItemResult, Status
+from ._export_sources import Source, iter_sources, read_source
+from ._export_template import DEFAULT_TEMPLATE, NamingError, Template, TemplateError
+from ._write import dcmwrite
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "DuplicateDestinationError",
+    "ExportProgress",
+    "ExportReport",
+    "ItemResult",
+    "NamingError",
+    "Status",
+    "TemplateError",
+    "export",
+]
+
+logger = logging.getLogger("aiodicom.export")
+
+DEFER_SIZE: Final = 16 * 1024
+"""With ``skip_existing``, local sources are first read with values above this
+size deferred, so an item whose destination exists costs only its header."""
+
+ProgressCallback = Callable[[ExportProgress], object | Awaitable[object]]
+
+
+class DuplicateDestinationError(FileExistsError):
+    """Two items of one export were named the same destination.
+
+    The first one is exported; the later ones fail with this error instead of
+    silently overwriting it.
+    """
+
+
+async def export(
+    sources: Any,
+    destination: Any,
+    *,
+    template: str | Callable[[Dataset], Any] | Template = DEFAULT_TEMPLATE,
+    concurrency: int = 16,
+    exist_ok: bool = True,
+    skip_existing: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    source_storage_options: dict[str, Any] | None = None,
+    force: bool = False,
+    enforce_file_format: bool = False,
+    dry_run: bool = False,
+    fail_fast: bool = False,
+    progress: ProgressCallback | None = None,
+    total: int | None = None,
+) -> ExportReport:
+    """Export many DICOM datasets to a folder or an fsspec URL prefix.
+
+    Each item is read (in a worker thread), named by `template`, and written with
+    :func:`aiodicom.dcmwrite`: the same bytes as :func:`pydicom.dcmwrite`, and a
+    failed or cancelled write leaves nothing behind.  At most `concurrency` items
+    are in flight, and sources are pulled lazily, so memory depends on
+    `concurrency`, not on the number of items.  Runs on asyncio and trio.
+
+    Parameters
+    ----------
+    sources
+        A :class:`~pydicom.dataset.Dataset`; a path to a DICOM file; a folder
+        (searched recursively); a local glob (``"scans/**/*.dcm"``); an fsspec URL
+        of a file, a prefix or a glob (``"s3://bucket/in/*.dcm"``); a binary file
+        object; or a sync or async iterable of any of these.  Sync iterables other
+        than lists and tuples are pulled in a worker thread; async iterables are
+        pulled only as fast as items are exported (backpressure).
+    destination : str or os.PathLike
+        A local folder (created if needed) or an fsspec URL prefix
+        (``"s3://bucket/exports"``, ``"memory://out"``).
+    template : str or callable, optional
+        How to name each file under `destination`: a :meth:`str.format` template
+        over DICOM keywords (default
+        ``"{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"``), or a
+        callable ``(Dataset) -> str`` returning a relative ``/``-separated path.
+        Dataset values are untrusted and sanitised: see :class:`Template` rules in
+        the documentation; nothing can be named outside `destination`.
+    concurrency : int, optional
+        How many items are read and written at once (default 16).  Each in-flight
+        item uses a worker thread from anyio's default thread limiter (40
+        threads unless you raise it), which therefore caps the concurrency too.
+    exist_ok : bool, optional
+        If ``False``, an item whose destination exists fails with
+        :class:`FileExistsError` (checked atomically by the sink).  Default ``True``:
+        overwrite, as :func:`pydicom.dcmwrite`.
+    skip_existing : bool, optional
+        If ``True``, an item whose destination exists is *skipped*, not
+        overwritten and not failed, so an interrupted export can simply be run
+        again.  Takes precedence over `exist_ok`.
+    storage_options : dict, optional
+        fsspec options for a URL `destination` (credentials, endpoint...).
+    source_storage_options : dict, optional
+        fsspec options for URL `sources`.
+    force : bool, optional
+        Passed to :func:`pydicom.dcmread`: read files without a DICOM preamble.
+    enforce_file_format : bool, optional
+        Passed to :func:`aiodicom.dcmwrite`.
+    dry_run : bool, optional
+        Read and name every item, check for duplicates and (with `skip_existing`
+        or ``exist_ok=False``) existing destinations, but write nothing; items
+        that would be written get the status ``planned``.
+    fail_fast : bool, optional
+        Stop at the first failed item: items in flight are cancelled (leaving
+        nothing behind) and no new ones start; the report says
+        ``stopped_early``.  Default ``False``: one failure does not stop the rest.
+    progress : callable, optional
+        Called after each item with an :class:`ExportProgress`, in the event
+        loop; may be a coroutine function.  An exception from it ends the export.
+    total : int, optional
+        The number of items, if known; passed on in :class:`ExportProgress` (for
+        an ETA).
+
+    Returns
+    -------
+    ExportReport
+        Per-item results and a summary.  Failures are reported, not raised.
+
+    Raises
+    ------
+    TemplateError
+        If `template` is unusable (before anything is read).
+    TypeError, ValueError
+        For an unusable `destination` or `concurrency` (before anything is read).
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
+    naming = template if isinstance(template, Template) else Template(template)
+    root = Root.parse(destination, storage_options)
+    run = _Run(
+        root=root,
+        naming=naming,
+        exist_ok=exist_ok and not skip_existing,
+        skip_existing=skip_existing,
+        force=force,
+        enforce_file_format=enforce_file_format,
+        dry_run=dry_run,
+        fail_fast=fail_fast,
+        progress=progress,
+        total=total,
+    )
+    send, receive = anyio.create_memory_object_stream[Source](0)
+    async with anyio.create_task_group() as group:
+        run.cancel_scope = group.cancel_scope
+        group.start_soon(_produce, sources, source_storage_options, send)
+        async with receive:
+            for _ in range(concurrency):
+                group.start_soon(_work, run, receive.clone())
+    return ExportReport(
+        items=run.items,
+        seconds=time.perf_counter() - run.started,
+        stopped_early=run.stopped_early,
+        dry_run=dry_run,
+    )
+
+
+async def _produce(
+    sources: Any,
+    storage_options: dict[str, Any] | None,
+    send: anyio.abc.ObjectSendStream[Source],
+) -> None:
+    async with send, aclosing(iter_sources(sources, storage_options)) as items:
+        async for item in items:
+            await send.send(item)
+
+
+async def _work(run: _Run, receive: anyio.abc.ObjectReceiveStream[Source]) -> None:
+    async with receive:
+        async for source in receive:
+            result = await run.export_one(source)
+            await run.record(result)
+
+
+class _Run:
+    """The state of one export: settings, results, names already taken."""
+
+    def __init__(
+        self,
+        *,
+        root: Root,
+        naming: Template,
+        exist_ok: bool,
+        skip_existing: bool,
+        force: bool,
+        enforce_file_format: bool,
+        dry_run: bool,
+        fail_fast: bool,
+        progress: ProgressCallback | None,
+        total: int | None,
+    ) -> None:
+        self.root = root
+        self.naming = naming
+        self.exist_ok = exist_ok
+        self.skip_existing = skip_existing
+        self.force = force
+        self.enforce_file_format = enforce_file_format
+        self.dry_run = dry_run
+        self.fail_fast = fail_fast
+        self.progress = progress
+        self.total = total
+        self.items: list[ItemResult] = []
+        self.taken: set[str] = set()
+        self.counts = dict.fromkeys(Status, 0)
+        self.bytes_written = 0
+        self.stopped_early = False
+        self.cancel_scope: anyio.CancelScope | None = None
+        self.started = time.perf_counter()
+        # A first look with deferred values pays off when the item may be skipped
+        # without writing; the write itself uses a full read (parity with pydicom).
+        self.look_first = root.is_local and (skip_existing or dry_run)
+
+    async def export_one(self, source: Source) -> ItemResult:
+        """Read, name and write one item; failures become a result, not an error."""
+        start = time.perf_counter()
+        destination: str | None = None
+        try:
+            dataset, name = await anyio.to_thread.run_sync(self._read_and_name, source)
+            destination = name
+            if name in self.taken:
+                raise DuplicateDestinationError(
+                    f"another item of this export was already named {name!r}"
+                )
+            self.taken.add(name)
+            status, count, reason = await self._write(source, dataset, name)
+        except Exception as exc:
+            logger.debug("export of %s failed", source.label, exc_info=True)
+            return ItemResult(
+                source.label, destination, Status.FAILED, 0, time.perf_counter() - start, exc
+            )
+        return ItemResult(
+            source.label, destination, status, count, time.perf_counter() - start, reason
+        )
+
+    def _read_and_name(self, source: Source) -> tuple[Dataset | None, str]:
+        """In a worker thread: read the dataset and name its destination."""
+        defer = DEFER_SIZE if self.look_first and source.kind == "path" else None
+        dataset = read_source(source, force=self.force, defer_size=defer)
+        destination = self.root.join(self.naming.render(dataset))
+        if defer is not None:
+            return None, destination  # read again, whole, if it is to be written
+        if not self.dry_run:
+            self.root.make_parent(destination)
+        return dataset, destination
+
+    async def _write(
+        self, source: Source, dataset: Dataset | None, destination: str
+    ) -> tuple[Status, int, BaseException | None]:
+        if self.dry_run:
+            if not self.exist_ok and await anyio.to_thread.run_sync(self.root.exists, destination):
+                exists = FileExistsError(f"{destination!r} exists")
+                if self.skip_existing:
+                    return Status.SKIPPED, 0, exists
+                raise exists
+            return Status.PLANNED, 0, None
+        if dataset is None:
+            dataset = await anyio.to_thread.run_sync(self._read_if_new, source, destination)
+            if dataset is None:
+                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
+        sink = self.root.sink(destination)
+        try:
+            await dcmwrite(
+                sink,
+                dataset,
+                exist_ok=self.exist_ok,
+                enforce_file_format=self.enforce_file_format,
+            )
+        except FileExistsError as exc:
+            if not self.skip_existing:
+                raise
+            return Status.SKIPPED, 0, exc
+        return Status.WRITTEN, sink.count, None
+
+    def _read_if_new(self, source: Source, destination: str) -> Dataset | None:
+        """In a worker thread: ``None`` if `destination` exists, else the full dataset."""
+        if self.root.exists(destination):
+            return None
+        dataset = read_source(source, force=self.force)
+        self.root.make_parent(destination)
+        return dataset
+
+    async def record(self, result: ItemResult) -> None:
+        self.items.append(result)
+        self.counts[result.status] += 1
+        self.bytes_written += result.bytes
+        if self.progress is not None:
+            counts = self.counts
+            outcome = self.progress(
+                ExportProgress(
+                    item=result,
+                    done=len(self.items),
+                    written=counts[Status.WRITTEN] + counts[Status.PLANNED],
+                    skipped=counts[Status.SKIPPED],
+                    failed=counts[Status.FAILED],
+                    bytes_written=self.bytes_written,
+                    elapsed=time.perf_counter() - self.started,
+                    total=self.total,
+                )
+            )
+            if inspect.isawaitable(outcome):
+                await outcome
+        if self.fail_fast and result.status is Status.FAILED:
+            self.stopped_early = True
+            assert self.cancel_scope is not None
+            self.cancel_scope.cancel()
