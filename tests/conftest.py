@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from tests.servers import (  # noqa: F401 (fixtures, registered by being imported)
+    azure_container,
+    azure_storage_options,
+    gcs_bucket,
+    gcs_storage_options,
+    s3_bucket,
+    s3_storage_options,
+)
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

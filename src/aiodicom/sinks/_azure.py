@@ -104,7 +104,7 @@ class AzureStore:
             ServiceResponseError,
         )
 
-        if isinstance(exc, ServiceRequestError | ServiceResponseError | asyncio.TimeoutError):
+        if isinstance(exc, ServiceRequestError | ServiceResponseError):
             return True
         if isinstance(exc, HttpResponseError):
             status = exc.status_code or 0

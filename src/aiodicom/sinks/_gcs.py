@@ -130,7 +130,7 @@ class GCSStore:
     def is_transient(self, exc: BaseException) -> bool:
         from gcsfs.retry import is_retriable
 
-        return isinstance(exc, asyncio.TimeoutError) or bool(is_retriable(exc))
+        return bool(is_retriable(exc))
 
     def translate(self, exc: Exception) -> Exception:
         return exc

@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 _BACKOFF_FIRST: Final = 0.2  # seconds before the first retry
 _BACKOFF_MAX: Final = 10.0
+# Transient for every store; each store adds its client's own (5xx, throttling...).
+_TRANSIENT: Final = (ConnectionError, TimeoutError, asyncio.TimeoutError)
 
 
 class Options:
@@ -111,7 +113,8 @@ class _Store(Protocol):
         """Discard the upload started by :meth:`start`, if any."""
 
     def is_transient(self, exc: BaseException) -> bool:
-        """Whether retrying the request that raised `exc` may succeed."""
+        """Whether retrying the request that raised `exc` may succeed (besides
+        connection errors and timeouts, which always are)."""
 
     def translate(self, exc: Exception) -> Exception:
         """The exception to show the user for a permanent error."""
@@ -219,7 +222,8 @@ class _PartWriter:
             except (FileExistsError, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                if attempt >= self._options.retries or not store.is_transient(exc):
+                transient = isinstance(exc, _TRANSIENT) or store.is_transient(exc)
+                if attempt >= self._options.retries or not transient:
                     raise store.translate(exc) from exc
                 delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
                 attempt += 1

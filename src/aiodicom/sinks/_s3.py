@@ -10,7 +10,6 @@ botocore's own.
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any, Final
 
 from ._remote import Options
@@ -149,9 +148,7 @@ class S3Store:
     def is_transient(self, exc: BaseException) -> bool:
         from s3fs.core import S3_RETRYABLE_ERRORS
 
-        if isinstance(exc, S3_RETRYABLE_ERRORS | ConnectionError | socket.timeout):
-            return True
-        if isinstance(exc, asyncio.TimeoutError):
+        if isinstance(exc, S3_RETRYABLE_ERRORS):
             return True
         status = _status(exc)
         if status is not None:

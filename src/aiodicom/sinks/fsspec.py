@@ -165,7 +165,10 @@ class FsspecFile:
         if _is_instance(fs, "fsspec.implementations.local", "LocalFileSystem"):
             from .local import LocalFile
 
-            return _RenameExists(LocalFile(path).open(exist_ok=exist_ok), self.url)
+            try:
+                return _RenameExists(LocalFile(path).open(exist_ok=exist_ok), self.url)
+            except FileExistsError:
+                raise exists_error(self.url) from None
         return _GenericWriter(fs, path, self.url, exist_ok)
 
 
