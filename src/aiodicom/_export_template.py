@@ -125,7 +125,7 @@ def _compile(template: str) -> list[tuple[str, _Field | None]]:
         if name is None:
             parts.append((literal, None))
             continue
-        if name not in keyword_dict:
+        if not name or name not in keyword_dict:
             raise TemplateError(_unknown_field(template, name))
         if "{" in (spec or ""):
             raise TemplateError(f"bad template {template!r}: nested fields are not allowed")

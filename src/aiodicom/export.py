@@ -30,6 +30,7 @@ __all__ = [
     "ItemResult",
     "NamingError",
     "Status",
+    "Template",
     "TemplateError",
     "export",
 ]
@@ -223,6 +224,7 @@ class _Run:
         self.bytes_written = 0
         self.stopped_early = False
         self.cancel_scope: anyio.CancelScope | None = None
+        self.progress_lock = anyio.Lock()
         self.started = time.perf_counter()
         # A first look with deferred values pays off when the item may be skipped
         # without writing; the write itself uses a full read (parity with pydicom).
@@ -298,25 +300,27 @@ class _Run:
         return dataset
 
     async def record(self, result: ItemResult) -> None:
-        self.items.append(result)
-        self.counts[result.status] += 1
-        self.bytes_written += result.bytes
-        if self.progress is not None:
-            counts = self.counts
-            outcome = self.progress(
-                ExportProgress(
-                    item=result,
-                    done=len(self.items),
-                    written=counts[Status.WRITTEN] + counts[Status.PLANNED],
-                    skipped=counts[Status.SKIPPED],
-                    failed=counts[Status.FAILED],
-                    bytes_written=self.bytes_written,
-                    elapsed=time.perf_counter() - self.started,
-                    total=self.total,
+        """Add `result` and report progress (callbacks run one at a time, in order)."""
+        async with self.progress_lock:
+            self.items.append(result)
+            self.counts[result.status] += 1
+            self.bytes_written += result.bytes
+            if self.progress is not None:
+                counts = self.counts
+                outcome = self.progress(
+                    ExportProgress(
+                        item=result,
+                        done=len(self.items),
+                        written=counts[Status.WRITTEN] + counts[Status.PLANNED],
+                        skipped=counts[Status.SKIPPED],
+                        failed=counts[Status.FAILED],
+                        bytes_written=self.bytes_written,
+                        elapsed=time.perf_counter() - self.started,
+                        total=self.total,
+                    )
                 )
-            )
-            if inspect.isawaitable(outcome):
-                await outcome
+                if inspect.isawaitable(outcome):
+                    await outcome
         if self.fail_fast and result.status is Status.FAILED:
             self.stopped_early = True
             assert self.cancel_scope is not None

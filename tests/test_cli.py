@@ -1,0 +1,220 @@
+"""The ``aiodicom`` command: exit codes, one-line argument errors, --dry-run, --report."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from aiodicom.cli import DEMO_FILES, main, parse_storage_options
+from tests import datasets
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def pydicom_bytes(path: str | Path) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, pydicom.dcmread(path, force=True))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def scans(tmp_path: Path) -> Path:
+    """A folder with three CT slices (two in a subfolder)."""
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    for number in range(3):
+        ds = datasets.ct_slice(16, 16)
+        ds.SOPInstanceUID = f"1.2.3.{number}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number
+        ds.save_as(folder / ("sub" if number else "") / f"{number}.dcm")
+    return folder
+
+
+def outputs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def test_export_writes_everything_and_exits_0(
+    scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["export", str(scans), str(out), "-j", "2"]) == 0
+    written = outputs(out)
+    assert len(written) == 3
+    for path in written:
+        source = next(scans.rglob(f"{path.stem.rsplit('.', 1)[-1]}.dcm"))
+        assert path.read_bytes() == pydicom_bytes(source)
+    captured = capsys.readouterr()
+    assert "3 written, 0 skipped, 0 failed" in captured.out
+
+
+def test_failures_are_listed_and_exit_1(
+    scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (scans / "junk.dcm").write_bytes(b"not dicom at all")
+    assert main(["export", str(scans), str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "1 failed:" in captured.err
+    assert "junk.dcm" in captured.err
+    assert "InvalidDicomError" in captured.err
+    assert len(outputs(tmp_path / "out")) == 3
+
+
+def test_skip_existing_rerun_writes_nothing(
+    scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["export", str(scans), str(out), "--skip-existing", "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    stamps = [p.stat().st_mtime_ns for p in outputs(out)]
+    assert main(["export", str(scans), str(out), "--skip-existing"]) == 0
+    assert "0 written, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in outputs(out)] == stamps
+
+
+def test_no_clobber_fails_existing(scans: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["export", str(scans), str(out), "-q"]) == 0
+    assert main(["export", str(scans), str(out), "--no-clobber", "-q"]) == 1
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert (
+        main(["export", str(scans), str(out), "--dry-run", "--template", "{InstanceNumber}.dcm"])
+        == 0
+    )
+    assert not out.exists()
+    lines = capsys.readouterr().out.splitlines()
+    planned = sorted(line for line in lines if line.startswith("planned "))
+    assert len(planned) == 3
+    assert planned[0].endswith(f"-> {out / '0.dcm'}")
+    assert "3 would write" in lines[-1]
+
+
+def test_report_is_json_with_every_item(scans: Path, tmp_path: Path) -> None:
+    (scans / "junk.dcm").write_bytes(b"junk")
+    report_path = tmp_path / "report.json"
+    status = main(
+        ["export", str(scans), str(tmp_path / "out"), "--report", str(report_path), "-q"]
+    )
+    assert status == 1
+    report = json.loads(report_path.read_text())
+    assert report["summary"]["written"] == 3
+    assert report["summary"]["failed"] == 1
+    assert report["summary"]["bytes_written"] == sum(
+        p.stat().st_size for p in outputs(tmp_path / "out")
+    )
+    by_status = {item["status"] for item in report["items"]}
+    assert by_status == {"written", "failed"}
+    (failed,) = [item for item in report["items"] if item["status"] == "failed"]
+    assert failed["source"].endswith("junk.dcm")
+    assert failed["error"].startswith("InvalidDicomError")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "MISSING", "OUT"], "source 'MISSING' does not exist"),
+        (["export", "SCANS", "nosuchproto://x"], "Protocol not known: nosuchproto"),
+        (
+            ["export", "SCANS", "OUT", "--template", "{Nope}/{SOPInstanceUID}"],
+            "unknown DICOM keyword {Nope}",
+        ),
+        (["export", "SCANS", "OUT", "--template", "../{SOPInstanceUID}"], "bad template"),
+        (["export", "SCANS", "OUT", "--concurrency", "0"], "must be at least 1"),
+        (["export", "SCANS", "OUT", "--storage-option", "novalue"], "is not KEY=VALUE"),
+        (["export", "SCANS"], "give at least one SOURCE and a DESTINATION"),
+        (["export", "SCANS", "OUT", "--no-clobber", "--skip-existing"], "exclude each other"),
+        (
+            ["export", "SCANS", "OUT", "--report", "/no/such/folder/r.json"],
+            "cannot write the report",
+        ),
+        (["export", "SCANS", "OUT", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_argument_errors_are_one_line_before_any_work(
+    scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    argv = [str(scans) if a == "SCANS" else str(out) if a == "OUT" else a for a in argv]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("aiodicom")
+    assert message in err
+    assert not out.exists()
+
+
+def run(argv: list[str]) -> int | str | None:
+    """`main(argv)`'s exit status, whether returned or raised (argparse exits)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_storage_options_parse_json_and_nested_keys() -> None:
+    assert parse_storage_options(
+        ["key=testing", "anon=false", "client_kwargs.endpoint_url=http://127.0.0.1:9000", "n=3"]
+    ) == {
+        "key": "testing",
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"},
+        "n": 3,
+    }
+    assert parse_storage_options([]) is None
+
+
+def test_demo_exports_pydicoms_examples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exported"
+    assert main(["demo", str(out)]) == 0
+    written = outputs(out)
+    assert len(written) == len(DEMO_FILES)
+    expected = sorted(pydicom_bytes(get_testdata_file(name)) for name in DEMO_FILES)  # type: ignore[arg-type]
+    assert sorted(p.read_bytes() for p in written) == expected
+    assert f"{len(DEMO_FILES)} written" in capsys.readouterr().out
+
+
+def test_python_dash_m_and_help(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aiodicom", "export", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "examples:" in result.stdout
+    assert "--skip-existing" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "aiodicom"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "export" in result.stderr
+
+
+def test_plain_log_lines_when_not_a_terminal(scans: Path, tmp_path: Path) -> None:
+    (scans / "junk.dcm").write_bytes(b"junk")
+    result = subprocess.run(
+        [sys.executable, "-m", "aiodicom", "export", str(scans), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "\r" not in result.stderr
+    assert "\x1b" not in result.stderr
+    assert result.stderr.count("junk.dcm") == 2  # as it happens, and in the final list
+    assert "3 written, 0 skipped, 1 failed" in result.stdout
