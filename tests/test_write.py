@@ -200,7 +200,9 @@ async def test_fifo_receives_pydicoms_bytes(tmp_path: Path) -> None:
 async def test_fsync_option(tmp_path: Path) -> None:
     ds = make_dataset()
     path = tmp_path / "x.dcm"
-    await aiodicom.dcmwrite(aiodicom.sinks.LocalFile(path, fsync=True), ds, enforce_file_format=True)
+    await aiodicom.dcmwrite(
+        aiodicom.sinks.LocalFile(path, fsync=True), ds, enforce_file_format=True
+    )
     assert path.read_bytes() == reference(ds)
 
 

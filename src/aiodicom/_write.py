@@ -1,11 +1,17 @@
-"""The async driver: run the core off the event loop and feed a sink.
+"""The async driver: run the core where it cannot stall the event loop, feed a sink.
 
-A synchronous :class:`~aiodicom.sinks.Sink` is driven entirely from one worker
-thread: validate, open, encode and write each chunk, commit.  No chunk crosses a
-thread boundary, and the event loop only waits.  Cancellation is checked between
-chunks (``anyio.from_thread.check_cancelled``), so it is prompt; on any exception
-or cancellation the writer is aborted in that same thread before the error
+A synchronous :class:`~aiodicom.sinks.Sink` is driven from one worker thread:
+validate, open, encode and write each chunk, commit.  No chunk crosses a thread
+boundary, and the event loop only waits.  Cancellation is checked between chunks
+(``anyio.from_thread.check_cancelled``), so it is prompt; on any exception or
+cancellation the writer is aborted in that same thread before the error
 propagates, which is as shielded as it gets.
+
+*Light* datasets (see :mod:`aiodicom._cost`: a typical image, whatever the size of
+its Pixel Data) are validated and encoded inline instead, which takes the loop
+well under a millisecond and spares it from waiting for the GIL behind encoding
+threads; only the sink's I/O then runs in the worker thread (and small in-memory
+buffers are written inline too).
 
 An :class:`~aiodicom.sinks.AsyncSink` is awaited in the event loop while a worker
 thread encodes one chunk at a time (pull-based: the encoder never runs ahead by
@@ -14,21 +20,24 @@ more than one chunk, which is the backpressure).  Its ``abort`` runs shielded.
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from typing import Any, Final, cast
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomIO
 from pydicom.misc import warn_and_log
 
+from ._cost import is_light
 from ._encode import Chunk, EncodePlan, prepare
-from .sinks import AsyncSink, Sink, resolve
+from .sinks import AsyncSink, Bytearray, FileObject, Sink, resolve
 
 __all__ = ["dcmwrite"]
 
@@ -46,6 +55,9 @@ class _DefaultTrue:
 
 
 _EXIST_OK_DEFAULT: Final = cast(bool, _DefaultTrue())
+
+INLINE_BYTES: Final = 4 * 1024 * 1024
+"""In-memory destinations are written in the loop up to this size (a memcpy)."""
 
 
 async def dcmwrite(
@@ -146,17 +158,42 @@ async def dcmwrite(
         )
 
     if isinstance(sink, Sink):
-        await anyio.to_thread.run_sync(_write_sync, plan, sink, exist_ok)
+        if not is_light(dataset):
+            await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
+            return
+        # Light: encode right here (well under a millisecond, and no thread
+        # competing with the loop for the GIL); only the sink's I/O goes to a thread.
+        # One inline encode per loop turn: many writes started at once must not
+        # run back to back without letting other tasks in.
+        async with _inline_lock():
+            chunks = list(plan().chunks())
+        if _in_memory(sink) and sum(len(memoryview(c)) for c in chunks) <= INLINE_BYTES:
+            _write_chunks(sink, chunks, exist_ok, check=_never_cancelled)
+        else:
+            await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok)
     else:
         encoded = await anyio.to_thread.run_sync(plan)
         await _write_async(cast(AsyncSink, sink), encoded, exist_ok)
+
+
+_INLINE_LOCK: RunVar[anyio.Lock] = RunVar("aiodicom_inline_lock")
+
+
+def _inline_lock() -> anyio.Lock:
+    """The event loop's lock for inline encoding (one per running loop)."""
+    try:
+        return _INLINE_LOCK.get()
+    except LookupError:
+        lock = anyio.Lock()
+        _INLINE_LOCK.set(lock)
+        return lock
 
 
 def _check_arguments(
     positional: bool | None, enforce_file_format: bool, kwargs: dict[str, Any]
 ) -> bool:
     """pydicom's checks of ``write_like_original`` and unknown keyword arguments."""
-    write_like_original: bool | None = kwargs.get("write_like_original", None)
+    write_like_original: bool | None = kwargs.get("write_like_original")
     if None not in (positional, write_like_original) or (
         config._use_future and (positional, write_like_original) != (None, None)
     ):
@@ -166,8 +203,7 @@ def _check_arguments(
                 "or keyword argument, use 'enforce_file_format' instead"
             )
         raise TypeError(
-            "'write_like_original' cannot be used as both a positional "
-            "and keyword argument"
+            "'write_like_original' cannot be used as both a positional and keyword argument"
         )
     if write_like_original is None:
         write_like_original = positional
@@ -186,20 +222,43 @@ def _check_arguments(
     return enforce_file_format
 
 
-def _write_sync(plan: Callable[[], EncodePlan], sink: Sink, exist_ok: bool) -> None:
-    """Validate, open, encode, write and commit, all in this worker thread."""
-    encoded = plan()
+def _write_chunks(
+    sink: Sink,
+    chunks: Iterable[Chunk],
+    exist_ok: bool,
+    check: Callable[[], None] = anyio.from_thread.check_cancelled,
+) -> None:
+    """Open the sink, write `chunks` (encoding them as they are pulled, for a
+    generator), commit; on any error or cancellation abort, then re-raise."""
     writer = sink.open(exist_ok=exist_ok)
     try:
-        with closing(encoded.chunks()) as chunks:
-            for chunk in chunks:
-                anyio.from_thread.check_cancelled()
-                writer.write(chunk)
-        anyio.from_thread.check_cancelled()
+        for chunk in chunks:
+            check()
+            writer.write(chunk)
+        check()
         writer.commit()
     except BaseException:
         _abort_quietly(writer.abort)
         raise
+    finally:
+        if isinstance(chunks, Generator):
+            chunks.close()
+
+
+def _encode_and_write(plan: Callable[[], EncodePlan], sink: Sink, exist_ok: bool) -> None:
+    """The whole write in this worker thread: validate, open, encode, write, commit."""
+    _write_chunks(sink, plan().chunks(), exist_ok)
+
+
+def _never_cancelled() -> None:
+    """Inline writes are not interrupted: they are short and never await."""
+
+
+def _in_memory(sink: Sink) -> bool:
+    """Sinks whose writes are memory copies, cheap enough to do in the loop."""
+    if isinstance(sink, Bytearray):
+        return True
+    return isinstance(sink, FileObject) and isinstance(sink.fileobj, io.BytesIO)
 
 
 def _abort_quietly(abort: Any) -> None:
@@ -214,7 +273,7 @@ _DONE: Final = object()
 
 async def _write_async(sink: AsyncSink, encoded: EncodePlan, exist_ok: bool) -> None:
     writer = await sink.open_async(exist_ok=exist_ok)
-    chunks: Iterator[Chunk] = encoded.chunks()
+    chunks: Generator[Chunk, None, None] = encoded.chunks()
     try:
         with closing(chunks):
             while True:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -173,10 +174,8 @@ class _InPlaceWriter:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _fsync_directory(directory: str) -> None:
@@ -187,7 +186,13 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-_LINK_UNSUPPORTED: Final = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
+_LINK_UNSUPPORTED: Final = {
+    errno.EPERM,
+    errno.EOPNOTSUPP,
+    errno.ENOTSUP,
+    errno.EMLINK,
+    errno.EXDEV,
+}
 _RENAME_NOREPLACE: Final = 1
 
 

@@ -1,0 +1,72 @@
+"""Benchmark entry point: ``python -m benchmarks [write|s3|export|all] [options]``.
+
+Each suite measures aiodicom against its pydicom baseline in the same process run
+(alternating rounds, medians, ratios), prints the results, and writes
+``benchmarks/results/<suite>.json``; ``all`` also draws ``benchmarks/results/summary.png``
+(with matplotlib, when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._harness import machine
+
+SUITES = {
+    "write": "benchmarks.bench_write",
+    "s3": "benchmarks.bench_s3",
+    "export": "benchmarks.bench_export",
+}
+RESULTS = Path(__file__).parent / "results"
+
+
+def _load(name: str) -> Any:
+    return importlib.import_module(SUITES[name])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="suite", required=True)
+    for name in SUITES:
+        module = _load(name)
+        module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0]))
+    sub.add_parser("all", help="every suite with its defaults")
+    args = parser.parse_args(argv)
+
+    names = list(SUITES) if args.suite == "all" else [args.suite]
+    RESULTS.mkdir(exist_ok=True)
+    for name in names:
+        module = _load(name)
+        suite_args = args
+        if args.suite == "all":
+            sub_parser = argparse.ArgumentParser()
+            module.add_arguments(sub_parser)
+            suite_args = sub_parser.parse_args([])
+        print(f"== {name} ==", flush=True)
+        result = {
+            "machine": machine(),
+            "args": vars(suite_args),
+            "results": module.run(suite_args),
+        }
+        out = RESULTS / f"{name}.json"
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result["results"], indent=2, default=_short))
+        print(f"-> {out}")
+    if args.suite == "all":
+        from ._chart import draw
+
+        draw(RESULTS)
+    return 0
+
+
+def _short(value: Any) -> Any:
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

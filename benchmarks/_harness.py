@@ -1,0 +1,97 @@
+"""Small measuring tools shared by the benchmarks: alternating rounds, medians,
+peak extra memory, event-loop stalls.  Numbers, never assertions."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+MiB = 1024 * 1024
+
+
+def alternate(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Run every case once per round, rotating the order each round (A/B/C, B/C/A...),
+    so that drift of a shared, noisy machine hits every case alike."""
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            gc.collect()
+            start = time.perf_counter()
+            cases[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def peak_extra_memory(fn: Callable[[], Any]) -> int:
+    """Peak Python-allocated bytes above the starting point while `fn` runs
+    (tracemalloc sees every thread, numpy buffers and bytes objects included)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - base
+
+
+async def heartbeat_stalls(
+    work: Callable[[], Awaitable[Any]], period: float = 0.001
+) -> list[float]:
+    """Lateness (seconds) of a `period` heartbeat while `work` runs in the same loop."""
+    lateness: list[float] = []
+    done = anyio.Event()
+
+    async def beat() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            await anyio.sleep(period)
+            lateness.append(time.perf_counter() - start - period)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beat)
+        await anyio.sleep(0.01)
+        await work()
+        done.set()
+    return lateness
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))
+    return ordered[index]
+
+
+def machine() -> dict[str, Any]:
+    import anyio as _anyio
+    import pydicom
+
+    import aiodicom
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "pydicom": pydicom.__version__,
+        "anyio": _anyio.__version__ if hasattr(_anyio, "__version__") else "?",
+        "aiodicom": aiodicom.__version__,
+        "load_average": os.getloadavg(),
+    }

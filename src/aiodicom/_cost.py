@@ -1,0 +1,72 @@
+"""How much CPU encoding a dataset will take, estimated without encoding it.
+
+The driver encodes *light* datasets inline, in the event loop: that costs the loop
+well under a millisecond for a typical image (its Pixel Data passes through as a
+view, whatever its size) and, unlike an encoding thread, does not make the loop
+wait for the GIL.  Everything else (big sequences, long multi-valued elements,
+deflate, values read lazily from a file or a buffer, which means I/O) is encoded in
+a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from ._encode import PASSTHROUGH_MIN
+
+__all__ = ["is_light"]
+
+INLINE_BUDGET: Final = 400
+"""Cost units (about one element each, ~5-20 µs of pydicom's encoder) allowed inline."""
+
+_VERBATIM: Final = frozenset({"OB", "OD", "OF", "OL", "OW", "OV", "UN", "OB or OW", "US or OW"})
+
+
+def is_light(dataset: Dataset, budget: int = INLINE_BUDGET) -> bool:
+    """``True`` if `dataset` is cheap to encode and needs no I/O to read its values."""
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return False
+    units = 0
+    stack: list[Dataset] = [dataset]
+    while stack:
+        for elem in stack.pop()._dict.values():
+            cost = _cost(elem, stack)
+            if cost is None:
+                return False
+            units += cost
+            if units > budget:
+                return False
+    return True
+
+
+def _cost(elem: DataElement | RawDataElement, stack: list[Dataset]) -> int | None:
+    """Cost units of one element (pushing sequence items on `stack`), or ``None``
+    if it cannot be encoded inline at all."""
+    value = elem.value
+    if isinstance(elem, RawDataElement):
+        if value is None:
+            return None if elem.length else 1  # deferred read: file I/O
+        if len(value) >= PASSTHROUGH_MIN and elem.VR in _VERBATIM:
+            return 1
+        return 1 + len(value) // 1024  # may need parsing (new encoding or charset)
+    if elem.is_buffered:
+        return None  # reading a file-like is I/O
+    if elem.VR == "SQ":
+        stack.extend(item for item in value or () if isinstance(item, Dataset))
+        return 1
+    if isinstance(value, MultiValue | list | tuple):
+        return 1 + len(value) // 4
+    if isinstance(value, str):
+        return 1 + len(value) // 4096
+    if isinstance(value, bytes | bytearray | memoryview):
+        size = memoryview(value).nbytes
+        if size >= PASSTHROUGH_MIN and elem.VR in _VERBATIM:
+            return 1
+        return 1 + size // 16384
+    return 1
