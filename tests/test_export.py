@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from copy import deepcopy
@@ -524,3 +525,132 @@ def test_the_report_summarises() -> None:
     assert report.ok
     assert report.to_dict()["summary"]["written"] == 0
     assert "0 written" in report.summary()
+
+
+# ---------------------------------------------------------------- fsspec URLs
+
+
+def memory_root() -> str:
+    return f"memory://export-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.mark.anyio
+async def test_every_pydicom_test_file_exports_to_memory_like_pydicom() -> None:
+    import fsspec
+
+    root = memory_root()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = await export(PYDICOM_FILES, root, template=by_source_name, force=True)
+    fs = fsspec.filesystem("memory")
+    assert report.written > 150
+    for item in report.items:
+        if item.status is Status.WRITTEN:
+            assert item.destination is not None
+            assert item.destination.startswith(root + "/")
+            stored = fs.cat_file(item.destination)
+            assert stored == pydicom_bytes(read(item.source)), item.source
+            assert item.bytes == len(stored)
+    assert len(fs.find(root)) == report.written
+
+
+@pytest.mark.anyio
+async def test_url_sources_prefixes_and_globs(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    source = memory_root()
+    for number in range(3):
+        fs.pipe_file(f"{source}/in/{number}.dcm", pydicom_bytes(ct(number)))
+    fs.pipe_file(f"{source}/in/readme.txt", b"hello")
+
+    report = await export(f"{source}/in/*.dcm", tmp_path / "a", template="{InstanceNumber}.dcm")
+    assert report.ok
+    assert report.written == 3
+    assert (tmp_path / "a" / "2.dcm").read_bytes() == pydicom_bytes(ct(2))
+
+    report = await export(f"{source}/in", tmp_path / "b", template="{InstanceNumber}.dcm")
+    assert report.written == 3
+    (failure,) = report.failures
+    assert failure.source.startswith("memory://")
+    assert failure.source.endswith(f"{source.removeprefix('memory://')}/in/readme.txt")
+
+
+@pytest.mark.anyio
+async def test_every_pydicom_test_file_exports_to_s3_like_pydicom(
+    s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    import s3fs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = await export(
+            PYDICOM_FILES,
+            f"{s3_bucket}/archive",
+            template=by_source_name,
+            force=True,
+            storage_options=s3_storage_options,
+        )
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    assert report.written > 150
+    for item in report.items:
+        if item.status is Status.WRITTEN:
+            assert item.destination is not None
+            assert fs.cat_file(item.destination) == pydicom_bytes(read(item.source))
+    assert len(fs.find(f"{s3_bucket}/archive")) == report.written
+
+    fs.invalidate_cache()
+    stamps = {key: info["LastModified"] for key, info in fs.find(s3_bucket, detail=True).items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = await export(
+            PYDICOM_FILES,
+            f"{s3_bucket}/archive",
+            template=by_source_name,
+            force=True,
+            skip_existing=True,
+            storage_options=s3_storage_options,
+        )
+    assert again.written == 0
+    assert again.skipped == report.written
+    fs.invalidate_cache()
+    assert {k: i["LastModified"] for k, i in fs.find(s3_bucket, detail=True).items()} == stamps
+
+
+@pytest.mark.anyio
+async def test_cancelling_an_s3_export_leaves_no_partial_objects(
+    s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    import s3fs
+
+    big = datasets.multiframe(11 * 1024 * 1024)  # three 5 MiB parts each
+    items = []
+    for number in range(6):
+        ds = deepcopy(big) if number else big
+        ds.SOPInstanceUID = f"1.2.3.{number}"
+        items.append(ds)
+    size = len(pydicom_bytes(items[0]))
+
+    with anyio.CancelScope() as scope:
+
+        def on_progress(progress: ExportProgress) -> None:
+            scope.cancel()
+
+        await export(
+            items,
+            s3_bucket,
+            concurrency=3,
+            progress=on_progress,
+            template="{SOPInstanceUID}.dcm",
+            storage_options=s3_storage_options,
+            upload_options={"part_size": 5 * 1024 * 1024},
+        )
+    assert scope.cancelled_caught
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.invalidate_cache()
+    sizes = [info["size"] for info in fs.find(s3_bucket, detail=True).values()]
+    assert 1 <= len(sizes) < 6
+    assert set(sizes) == {size}
+    bucket = s3_bucket.removeprefix("s3://")
+    uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
+    assert uploads == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,16 @@ class Root:
     location: str
     is_local: bool
     storage_options: dict[str, Any] | None = None
+    upload_options: dict[str, Any] = field(default_factory=dict)
     _fs: Any = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, destination: Any, storage_options: dict[str, Any] | None) -> Root:
+    def parse(
+        cls,
+        destination: Any,
+        storage_options: dict[str, Any] | None,
+        upload_options: Mapping[str, Any] | None = None,
+    ) -> Root:
         """Check `destination` and return its root.
 
         Raises
@@ -44,9 +51,11 @@ class Root:
         location = os.fsdecode(os.fspath(destination))
         if is_url(location) and not location.startswith("file://"):
             _check_protocols(location)
-            return cls(location.rstrip("/"), False, storage_options)
-        if storage_options:
-            raise ValueError("storage_options are only for fsspec URL destinations")
+            return cls(location.rstrip("/"), False, storage_options, dict(upload_options or {}))
+        if storage_options or upload_options:
+            raise ValueError(
+                "storage_options and upload_options are only for fsspec URL destinations"
+            )
         folder = os.path.abspath(location.removeprefix("file://"))
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"the export destination {folder!r} exists and is not a folder")
@@ -78,7 +87,13 @@ class Root:
 
     def sink(self, destination: str) -> CountingSink | CountingAsyncSink:
         """A sink for `destination` that counts the bytes it commits."""
-        inner = resolve(destination, None if self.is_local else self.storage_options)
+        inner: Sink | AsyncSink
+        if self.is_local:
+            inner = resolve(destination)
+        else:
+            from .sinks.fsspec import FsspecFile
+
+            inner = FsspecFile.from_url(destination, self.storage_options, **self.upload_options)
         if isinstance(inner, Sink):
             return CountingSink(inner)
         return CountingAsyncSink(inner)
@@ -93,6 +108,10 @@ def _check_protocols(url: str) -> None:
             fsspec.get_filesystem_class(protocol)
         except (ValueError, ImportError) as exc:
             raise ValueError(f"cannot write to {url!r}: {exc}") from None
+
+
+def _size(chunk: Chunk) -> int:
+    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
 
 
 class CountingSink:
@@ -114,7 +133,7 @@ class _CountingWriter:
 
     def write(self, chunk: Chunk, /) -> None:
         self._inner.write(chunk)
-        self._count += len(chunk)
+        self._count += _size(chunk)
 
     def commit(self) -> None:
         self._inner.commit()
@@ -143,7 +162,7 @@ class _CountingAsyncWriter:
 
     async def write(self, chunk: Chunk, /) -> None:
         await self._inner.write(chunk)
-        self._count += len(chunk)
+        self._count += _size(chunk)
 
     async def commit(self) -> None:
         await self._inner.commit()

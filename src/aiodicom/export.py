@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, Final
 
@@ -62,6 +62,7 @@ async def export(
     skip_existing: bool = False,
     storage_options: dict[str, Any] | None = None,
     source_storage_options: dict[str, Any] | None = None,
+    upload_options: Mapping[str, Any] | None = None,
     force: bool = False,
     enforce_file_format: bool = False,
     dry_run: bool = False,
@@ -112,6 +113,11 @@ async def export(
         fsspec options for a URL `destination` (credentials, endpoint...).
     source_storage_options : dict, optional
         fsspec options for URL `sources`.
+    upload_options : mapping, optional
+        For URL destinations: keyword arguments of
+        :class:`aiodicom.sinks.fsspec.FsspecFile` (``part_size``, ``retries``,
+        ``metadata``, ``upload_args``...).  Transient errors are retried by the
+        sink, for the whole object, as it documents.
     force : bool, optional
         Passed to :func:`pydicom.dcmread`: read files without a DICOM preamble.
     enforce_file_format : bool, optional
@@ -146,7 +152,7 @@ async def export(
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
     naming = template if isinstance(template, Template) else Template(template)
-    root = Root.parse(destination, storage_options)
+    root = Root.parse(destination, storage_options, upload_options)
     run = _Run(
         root=root,
         naming=naming,
