@@ -54,10 +54,10 @@ class AzureStore:
     async def exists(self) -> bool:
         return bool(await self._client.exists())
 
-    async def put(self, data: bytearray, exclusive: bool) -> None:
+    async def put(self, data: bytes, exclusive: bool) -> None:
         try:
             await self._client.upload_blob(
-                bytes(data), overwrite=not exclusive, length=len(data), **self._settings()
+                data, overwrite=not exclusive, length=len(data), **self._settings()
             )
         except Exception as exc:
             if exclusive and _is_exists(exc):
@@ -67,14 +67,12 @@ class AzureStore:
     async def start(self, exclusive: bool) -> None:
         pass
 
-    async def upload_part(self, number: int, offset: int, data: bytearray) -> Any:
+    async def upload_part(self, number: int, offset: int, data: bytes) -> Any:
         block_id = self._block_id(number)
-        await self._client.stage_block(block_id, bytes(data), length=len(data))
+        await self._client.stage_block(block_id, data, length=len(data))
         return block_id
 
-    async def complete(
-        self, parts: list[Any], offset: int, last: bytearray, exclusive: bool
-    ) -> None:
+    async def complete(self, parts: list[Any], offset: int, last: bytes, exclusive: bool) -> None:
         from azure.core import MatchConditions
 
         if self._last_block is None:

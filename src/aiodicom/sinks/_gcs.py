@@ -55,7 +55,7 @@ class GCSStore:
     def _mode(self, exclusive: bool) -> str:
         return "create" if exclusive else "overwrite"
 
-    async def put(self, data: bytearray, exclusive: bool) -> None:
+    async def put(self, data: bytes, exclusive: bool) -> None:
         from gcsfs.core import simple_upload
 
         await simple_upload(
@@ -87,17 +87,15 @@ class GCSStore:
             kms_key_name=self._kms,
         )
 
-    async def upload_part(self, number: int, offset: int, data: bytearray) -> Any:
+    async def upload_part(self, number: int, offset: int, data: bytes) -> Any:
         await self._send(data, offset, None)
         return number
 
-    async def complete(
-        self, parts: list[Any], offset: int, last: bytearray, exclusive: bool
-    ) -> None:
+    async def complete(self, parts: list[Any], offset: int, last: bytes, exclusive: bool) -> None:
         await self._send(last, offset, offset + len(last))
         self.location = None
 
-    async def _send(self, data: bytearray, offset: int, total: int | None) -> None:
+    async def _send(self, data: bytes | bytearray, offset: int, total: int | None) -> None:
         """POST `data` at `offset` to the session; `total` only with the last chunk.
 
         The service may keep less than it got (a ``Range`` header tells how much);

@@ -8,7 +8,8 @@ thread; the store's coroutines run on the fsspec filesystem's own event loop
 * Chunks are copied into a part buffer of ``part_size`` bytes.  A full part is
   handed to the loop for upload and a new buffer is started, so encoding goes on
   while the part travels.  At most ``concurrency`` parts are in flight: memory stays
-  near ``(concurrency + 1) * part_size`` whatever the object's size.
+  near ``(2 * concurrency + 1) * part_size`` (the HTTP client copies a part once as
+  it sends it) whatever the object's size.
 * An object that fits in one part is sent in one request (``put``), with the
   store's exclusive-create precondition when ``exist_ok`` is false.  A larger
   object starts a multipart / resumable / block upload; before it starts, an
@@ -95,18 +96,16 @@ class _Store(Protocol):
     async def exists(self) -> bool:
         """Whether the object exists now (the cheap fast-path check)."""
 
-    async def put(self, data: bytearray, exclusive: bool) -> None:
+    async def put(self, data: bytes, exclusive: bool) -> None:
         """Upload the whole object in one request."""
 
     async def start(self, exclusive: bool) -> None:
         """Start a multipart / resumable / block upload."""
 
-    async def upload_part(self, number: int, offset: int, data: bytearray) -> Any:
+    async def upload_part(self, number: int, offset: int, data: bytes) -> Any:
         """Upload part `number` (1-based) at byte `offset`; return what complete needs."""
 
-    async def complete(
-        self, parts: list[Any], offset: int, last: bytearray, exclusive: bool
-    ) -> None:
+    async def complete(self, parts: list[Any], offset: int, last: bytes, exclusive: bool) -> None:
         """Upload the `last` part and publish the object."""
 
     async def cancel(self) -> None:
@@ -157,7 +156,7 @@ class _PartWriter:
             view = view[take:]
 
     def commit(self) -> None:
-        store, last = self._store, self._buffer
+        store, last = self._store, bytes(self._buffer)
         self._buffer = bytearray()
         try:
             if not self._started:
@@ -200,7 +199,9 @@ class _PartWriter:
             self._started = True
         while len(self._pending) >= self._concurrency:
             self._parts.append(self._pending.popleft().result())
-        data, self._buffer = self._buffer, bytearray()
+        # bytes, not the bytearray: HTTP clients slice a bytearray body (a copy)
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
         number = len(self._parts) + len(self._pending) + 1
         coro = self._tracked(self._retrying(store.upload_part, number, self._offset, data))
         self._offset += len(data)

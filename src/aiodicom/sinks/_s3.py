@@ -72,7 +72,7 @@ class S3Store:
             raise
         return True
 
-    async def put(self, data: bytearray, exclusive: bool) -> None:
+    async def put(self, data: bytes, exclusive: bool) -> None:
         match = {"IfNoneMatch": "*"} if exclusive else {}
         await self._call_exclusive(
             "put_object",
@@ -91,7 +91,7 @@ class S3Store:
         )
         self.upload_id = out["UploadId"]
 
-    async def upload_part(self, number: int, offset: int, data: bytearray) -> Any:
+    async def upload_part(self, number: int, offset: int, data: bytes) -> Any:
         out = await self._request(
             "upload_part",
             Bucket=self.bucket,
@@ -106,9 +106,7 @@ class S3Store:
                 part[name] = out[name]
         return part
 
-    async def complete(
-        self, parts: list[Any], offset: int, last: bytearray, exclusive: bool
-    ) -> None:
+    async def complete(self, parts: list[Any], offset: int, last: bytes, exclusive: bool) -> None:
         if self._last_part is None:  # not yet sent by an earlier attempt
             self._last_part = await self.upload_part(len(parts) + 1, offset, last)
         match = {"IfNoneMatch": "*"} if exclusive else {}

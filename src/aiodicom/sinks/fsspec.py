@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_PART_SIZE", "FsspecFile"]
 logger = logging.getLogger("aiodicom")
 
 DEFAULT_PART_SIZE: Final = 8 * 1024 * 1024
-DEFAULT_CONCURRENCY: Final = 2
+DEFAULT_CONCURRENCY: Final = 1
 DEFAULT_RETRIES: Final = 3
 DICOM_CONTENT_TYPE: Final = "application/dicom"
 
@@ -60,8 +60,10 @@ class FsspecFile:
         Objects up to this size are sent in one request.  Raised to the store's
         minimum (S3: 5 MiB) and rounded up to its multiple (GCS: 256 KiB).
     concurrency : int, optional
-        Parts uploaded at the same time while the next one is encoded (default 2;
-        GCS is always 1).  Memory use is about ``(concurrency + 1) * part_size``.
+        Parts uploaded at the same time while the next one is encoded (default 1;
+        GCS is always 1).  Memory use is about ``(2 * concurrency + 1) * part_size``
+        (the HTTP client copies a part once while sending it); raise it for
+        throughput on a fast network.
     retries : int, optional
         Retries of each request after a transient error (connection error, 5xx,
         throttling), with exponential backoff, on top of the client library's own
