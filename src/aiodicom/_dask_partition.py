@@ -72,8 +72,9 @@ class PartitionOutcome:
 def stop_flag(token: str) -> threading.Event:
     """The in-process flag that tells partitions of export `token` not to start.
 
-    Only partitions running in this process see it (the local threaded
-    scheduler); a distributed export stops by not submitting more partitions.
+    Only partitions running in this process see it (with the local threaded
+    scheduler: all of them; on a cluster: those of one worker process); a
+    distributed export also stops by not submitting more partitions.
     """
     with _STOP_LOCK:
         return _STOP_FLAGS.setdefault(token, threading.Event())
@@ -124,6 +125,8 @@ def export_partition(items: Iterable[Any], job: Job) -> PartitionOutcome:
         fail_fast=job.fail_fast,
     )
     report: ExportReport = anyio.run(run, backend=job.backend)
+    if job.fail_fast and report.failed:
+        stop_flag(job.stop_token).set()  # other partitions in this process do not start
     return PartitionOutcome(
         [_portable(item) for item in report.items],
         time.perf_counter() - started,

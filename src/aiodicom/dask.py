@@ -341,7 +341,7 @@ def _run_distributed(
     window = max(4, 2 * sum(client.nthreads().values()))
     queue = iter(zip(tasks, partitions, strict=True))
     running: dict[str, Partition] = {}
-    finished: Any = as_completed()
+    finished: Any = as_completed(loop=client.loop)
 
     def submit() -> None:
         for task, partition in queue:

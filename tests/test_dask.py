@@ -1,0 +1,442 @@
+"""aiodicom.dask.export: same outputs as the single-machine export, on a real
+LocalCluster of two worker processes; killed workers and restarts lose nothing
+silently and leave nothing half-written."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import dask.bag as db
+import pydicom
+import pytest
+from distributed import Client, LocalCluster
+from pydicom.data import get_testdata_files
+from pydicom.dataset import Dataset, FileDataset
+
+import aiodicom
+from aiodicom import dask as aiodask
+from aiodicom.export import DuplicateDestinationError, ExportProgress, Status, TemplateError
+from tests import datasets
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PYDICOM_FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
+PYDICOM_ROOT = os.path.commonpath(PYDICOM_FILES)
+TEMP_SUFFIX = ".aiodicom-tmp"
+
+
+# --------------------------------------------------------------------- helpers
+# Module-level functions: the workers import them from this module.
+
+
+def by_source_name(dataset: Dataset) -> str:
+    """Name outputs after their source file (pydicom's test files share UIDs)."""
+    return os.path.relpath(dataset.filename, PYDICOM_ROOT).replace(os.sep, "/")
+
+
+def ct(number: int, size: int = 64) -> FileDataset:
+    """A small CT slice with its own SOP Instance UID (built on whichever side calls)."""
+    ds = datasets.ct_slice(size, size)
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.20.{number}"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = number
+    return ds
+
+
+def pydicom_bytes(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset)
+    return buffer.getvalue()
+
+
+def read(path: str) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, force=True)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` by relative name (temporary files included)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def published(folder: Path) -> dict[str, bytes]:
+    """The files at final names: what a reader of the export sees."""
+    return {name: data for name, data in tree(folder).items() if not name.endswith(TEMP_SUFFIX)}
+
+
+def single_machine(sources: Any, destination: Any, **options: Any) -> aiodicom.ExportReport:
+    async def run() -> aiodicom.ExportReport:
+        return await aiodicom.export(sources, destination, **options)
+
+    return anyio.run(run)
+
+
+def outcome(report: aiodicom.ExportReport) -> dict[str, tuple[Status, str | None]]:
+    """Status and error type by source."""
+    return {
+        item.source: (item.status, type(item.error).__name__ if item.error else None)
+        for item in report.items
+    }
+
+
+def write_sources(folder: Path, count: int, size: int = 64) -> dict[str, bytes]:
+    """`count` CT files in `folder`; returns the expected export, by output name."""
+    folder.mkdir()
+    expected = {}
+    for number in range(count):
+        ds = ct(number, size)
+        pydicom.dcmwrite(folder / f"{number:04d}.dcm", ds)
+        expected[f"{number:04d}.dcm"] = pydicom_bytes(ds)
+    return expected
+
+
+def by_instance_number(dataset: Dataset) -> str:
+    return f"{int(dataset.InstanceNumber):04d}.dcm"
+
+
+def kill_once_at(marker: str, number: int) -> Any:
+    """A template that kills its worker process (SIGKILL) when naming item `number`,
+    once (`marker` records that it did), and names items by instance number."""
+
+    def template(dataset: Dataset) -> str:
+        if int(dataset.InstanceNumber) == number and not os.path.exists(marker):
+            Path(marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return by_instance_number(dataset)
+
+    return template
+
+
+def slowly_by_instance_number(dataset: Dataset) -> str:
+    """Name by instance number, taking a while (so tasks are in flight for a restart)."""
+    threading.Event().wait(0.02)
+    return by_instance_number(dataset)
+
+
+class Unpicklable(Exception):
+    def __init__(self) -> None:
+        super().__init__("holds a lock", threading.Lock())
+
+
+def fail_unpicklably(dataset: Dataset) -> str:
+    raise Unpicklable()
+
+
+# -------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as local_cluster:
+        yield local_cluster
+
+
+@pytest.fixture
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    """A client of the two-process cluster; not the default client, so that
+    ``client=None`` means the local scheduler in the other tests."""
+    with Client(cluster, set_as_default=False) as dask_client:
+        dask_client.wait_for_workers(2)
+        yield dask_client
+
+
+# ---------------------------------------------------------------------- parity
+
+
+def test_pydicom_files_on_two_workers_match_the_single_machine_export(
+    tmp_path: Path, client: Client
+) -> None:
+    options: dict[str, Any] = {"template": by_source_name, "force": True}
+    expected = single_machine(PYDICOM_FILES, tmp_path / "single", **options)
+
+    report = aiodask.export(
+        PYDICOM_FILES, tmp_path / "dask", client=client, partition_size=24, **options
+    )
+
+    assert len(report.items) == len(PYDICOM_FILES)
+    assert outcome(report) == outcome(expected)
+    assert report.written == expected.written > 150
+    assert report.bytes_written == expected.bytes_written
+    assert tree(tmp_path / "dask") == tree(tmp_path / "single")
+    assert len({item.destination for item in report.items if item.ok}) == report.written
+    for item in report.items:
+        if item.status is Status.WRITTEN:
+            assert item.destination is not None
+            assert Path(item.destination).read_bytes() == pydicom_bytes(read(item.source))
+
+
+def test_generated_datasets_in_memory_and_from_a_bag_match_pydicom(
+    tmp_path: Path, client: Client
+) -> None:
+    generated: list[FileDataset] = [
+        datasets.ct_slice(),
+        datasets.deflated(),
+        datasets.big_endian(),
+        datasets.deep_sequences(),
+        datasets.encapsulated_multiframe(),
+        datasets.long_values(),
+    ]
+    for number, ds in enumerate(generated):
+        ds.SOPInstanceUID = f"1.2.3.{number}"
+    expected = {f"{ds.SOPInstanceUID}.dcm": pydicom_bytes(ds) for ds in generated}
+    expected |= {f"{ct(n).SOPInstanceUID}.dcm": pydicom_bytes(ct(n)) for n in range(12)}
+    bag = db.from_sequence(range(12), npartitions=3).map(ct)
+
+    shipped = aiodask.export(
+        generated, tmp_path, client=client, partition_size=2, template="{SOPInstanceUID}.dcm"
+    )
+    built_on_workers = aiodask.export(
+        bag, tmp_path, client=client, template="{SOPInstanceUID}.dcm", exist_ok=False
+    )
+
+    assert shipped.ok
+    assert shipped.written == len(generated)
+    assert built_on_workers.ok
+    assert built_on_workers.written == 12
+    assert tree(tmp_path) == expected
+
+
+def test_s3_on_two_workers_matches_the_single_machine_export(
+    tmp_path: Path, client: Client, s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    import s3fs
+
+    files = PYDICOM_FILES[::6]
+    options: dict[str, Any] = {
+        "template": by_source_name,
+        "force": True,
+        "storage_options": s3_storage_options,
+    }
+    bag = db.from_sequence(range(6), npartitions=2).map(ct)
+    single = single_machine(files, f"{s3_bucket}/single", **options)
+    single_machine(
+        [ct(n) for n in range(6)],
+        f"{s3_bucket}/single-ct",
+        **options | {"template": by_instance_number},
+    )
+
+    report = aiodask.export(files, f"{s3_bucket}/dask", client=client, partition_size=8, **options)
+    from_bag = aiodask.export(
+        bag, f"{s3_bucket}/dask-ct", client=client, **options | {"template": by_instance_number}
+    )
+
+    assert outcome(report) == outcome(single)
+    assert report.written == single.written > 20
+    assert from_bag.ok
+    assert from_bag.written == 6
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.invalidate_cache()
+
+    def objects(prefix: str) -> dict[str, bytes]:
+        names = sorted(fs.find(f"{s3_bucket}/{prefix}"))
+        return {name.split(f"/{prefix}/", 1)[1]: fs.cat_file(name) for name in names}
+
+    assert objects("dask") == objects("single")
+    assert objects("dask-ct") == objects("single-ct")
+    assert objects("dask-ct") == {
+        by_instance_number(ct(n)): pydicom_bytes(ct(n)) for n in range(6)
+    }
+    for item in report.items:
+        if item.status is Status.WRITTEN:
+            assert item.destination is not None
+            assert fs.cat_file(item.destination) == pydicom_bytes(read(item.source))
+
+
+# ------------------------------------------------------- workers that die
+
+
+def test_a_worker_killed_mid_export_is_retried_and_nothing_is_half_written(
+    tmp_path: Path, client: Client
+) -> None:
+    expected = write_sources(tmp_path / "in", 24, size=256)
+    out = tmp_path / "out"
+    marker = str(tmp_path / "killed")
+
+    report = aiodask.export(
+        tmp_path / "in",
+        out,
+        client=client,
+        partition_size=6,
+        concurrency=4,
+        template=kill_once_at(marker, 9),
+    )
+
+    assert os.path.exists(marker)  # a worker process really died mid-partition
+    assert report.ok, report.failures
+    assert report.written == 24
+    assert published(out) == expected  # complete files only, at their final names
+    leftovers = set(tree(out)) - set(expected)
+    assert all(name.endswith(TEMP_SUFFIX) for name in leftovers)
+
+    again = aiodask.export(
+        tmp_path / "in",
+        out,
+        client=client,
+        partition_size=6,
+        skip_existing=True,
+        template=by_instance_number,
+    )
+    assert again.skipped == 24
+    assert again.ok
+
+
+def test_a_restart_mid_export_reports_lost_items_and_a_rerun_completes(
+    tmp_path: Path, client: Client
+) -> None:
+    expected = write_sources(tmp_path / "in", 40, size=256)
+    out = tmp_path / "out"
+    restarted = False
+
+    def restart_after_first_partition(progress: ExportProgress) -> None:
+        nonlocal restarted
+        if progress.done == 5 and not restarted:
+            restarted = True
+            client.restart()
+
+    report = aiodask.export(
+        tmp_path / "in",
+        out,
+        client=client,
+        partition_size=5,
+        concurrency=2,
+        template=slowly_by_instance_number,
+        progress=restart_after_first_partition,
+    )
+
+    assert restarted
+    assert len(report.items) == 40  # every item is accounted for
+    lost = report.failures
+    assert lost, "a restart right after the first partition must catch others running"
+    assert all(isinstance(item.error, aiodask.PartitionError) for item in lost)
+    assert {item.status for item in report.items} == {Status.WRITTEN, Status.FAILED}
+    files = published(out)
+    assert all(files[name] == expected[name] for name in files)  # nothing half-written
+    assert set(files) >= {Path(i.destination or "").name for i in report.items if i.ok}
+
+    again = aiodask.export(
+        tmp_path / "in",
+        out,
+        client=client,
+        partition_size=5,
+        skip_existing=True,
+        template=by_instance_number,
+    )
+
+    assert again.ok
+    assert again.written + again.skipped == 40
+    lost_sources = {item.source for item in lost}
+    assert {item.source for item in again.items if item.status is Status.WRITTEN} <= lost_sources
+    assert published(out) == expected
+
+
+# ------------------------------------------------------ the local scheduler
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_without_a_client_the_local_scheduler_gives_the_same_outputs(
+    tmp_path: Path, backend: str
+) -> None:
+    files = PYDICOM_FILES[::10]
+    options: dict[str, Any] = {"template": by_source_name, "force": True}
+    expected = single_machine(files, tmp_path / "single", **options)
+    seen: list[ExportProgress] = []
+
+    report = aiodask.export(
+        files,
+        tmp_path / "dask",
+        partition_size=4,
+        backend=backend,
+        progress=seen.append,
+        **options,
+    )
+
+    assert outcome(report) == outcome(expected)
+    assert tree(tmp_path / "dask") == tree(tmp_path / "single")
+    assert [p.done for p in seen] == list(range(1, len(files) + 1))
+    assert seen[-1].total == len(files)
+    assert seen[-1].bytes_written == report.bytes_written
+
+
+def test_skip_existing_and_exist_ok_hold_across_partitions(tmp_path: Path) -> None:
+    expected = write_sources(tmp_path / "in", 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0003.dcm").write_bytes(b"already here")
+    common: dict[str, Any] = {"partition_size": 3, "template": by_instance_number}
+
+    refused = aiodask.export(tmp_path / "in", out, exist_ok=False, **common)
+    skipped = aiodask.export(tmp_path / "in", out, skip_existing=True, **common)
+    overwritten = aiodask.export(tmp_path / "in", out, **common)
+
+    assert [(i.source, type(i.error)) for i in refused.failures] == [
+        (str(tmp_path / "in" / "0003.dcm"), FileExistsError)
+    ]
+    assert refused.written == 9
+    assert (skipped.skipped, skipped.written) == (10, 0)
+    assert overwritten.written == 10
+    assert published(out) == expected
+
+
+def test_duplicate_names_across_partitions_are_reported(tmp_path: Path) -> None:
+    report = aiodask.export(
+        [ct(1), ct(1), ct(2)], tmp_path, partition_size=1, template="{SOPInstanceUID}.dcm"
+    )
+
+    assert report.written == 2
+    [duplicate] = report.failures
+    assert isinstance(duplicate.error, DuplicateDestinationError)
+    assert tree(tmp_path) == {f"{ct(n).SOPInstanceUID}.dcm": pydicom_bytes(ct(n)) for n in (1, 2)}
+
+
+def test_fail_fast_starts_no_new_partition_after_a_failure(tmp_path: Path) -> None:
+    sources = [str(tmp_path / f"missing-{number}.dcm") for number in range(30)]
+
+    report = aiodask.export(sources, tmp_path / "out", partition_size=1, fail_fast=True)
+
+    assert report.stopped_early
+    assert not report.ok
+    assert 1 <= report.failed < 30
+    assert all(isinstance(item.error, FileNotFoundError) for item in report.items)
+
+
+def test_errors_that_cannot_travel_and_file_objects_are_reported(tmp_path: Path) -> None:
+    report = aiodask.export(
+        [ct(1), io.BytesIO(pydicom_bytes(ct(2)))], tmp_path, template=fail_unpicklably
+    )
+
+    remote, file_object = sorted(report.items, key=lambda item: type(item.error).__name__)
+    assert isinstance(remote.error, aiodask.RemoteError)
+    assert str(remote.error).startswith("Unpicklable: ('holds a lock', <unlocked _thread.lock")
+    assert isinstance(file_object.error, TypeError)
+    assert "file object cannot be sent to Dask workers" in str(file_object.error)
+    assert report.failed == 2
+    assert tree(tmp_path) == {}
+
+
+def test_bad_arguments_raise_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="partition_size"):
+        aiodask.export([ct(1)], tmp_path, partition_size=0)
+    with pytest.raises(ValueError, match="concurrency"):
+        aiodask.export([ct(1)], tmp_path, concurrency=0)
+    with pytest.raises(TypeError, match=r"distributed\.Client"):
+        aiodask.export([ct(1)], tmp_path, client="tcp://127.0.0.1:8786")
+    with pytest.raises(TemplateError):
+        aiodask.export([ct(1)], tmp_path, template="{NotAKeyword}")
+    with pytest.raises(ValueError, match="storage_options"):
+        aiodask.export([ct(1)], tmp_path, storage_options={"anon": True})
+    assert tree(tmp_path) == {}
