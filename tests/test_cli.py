@@ -218,3 +218,59 @@ def test_plain_log_lines_when_not_a_terminal(scans: Path, tmp_path: Path) -> Non
     assert "\x1b" not in result.stderr
     assert result.stderr.count("junk.dcm") == 2  # as it happens, and in the final list
     assert "3 written, 0 skipped, 1 failed" in result.stdout
+
+
+def test_the_progress_bar_shows_items_bytes_rate_and_eta() -> None:
+    from aiodicom._export_progressbar import ProgressBar
+    from aiodicom.export import ExportProgress, ItemResult, Status
+
+    stream = io.StringIO()
+    bar = ProgressBar(stream)
+    ok = ItemResult("a.dcm", "out/a.dcm", Status.WRITTEN, 3 * 1024 * 1024, 0.1)
+    bad = ItemResult("b.dcm", None, Status.FAILED, 0, 0.1, ValueError("broken"))
+    bar.update(ExportProgress(ok, 1, 1, 0, 0, 3 * 1024 * 1024, 2.0, 4))
+    bar.update(ExportProgress(bad, 2, 1, 0, 1, 3 * 1024 * 1024, 4.0, 4))
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" in text
+    assert "FAILED b.dcm: ValueError: broken\n" in text
+    last = text.rsplit("\r\x1b[2K", 1)[-1]
+    assert "2/4 items" in last
+    assert "3.0 MiB" in last
+    assert "768.0 KiB/s" in last
+    assert "ETA 0:04" in last
+    assert "1 failed" in last
+    assert "[#" in last
+
+
+def test_ctrl_c_stops_the_export_and_leaves_no_partial_files(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    source = tmp_path / "in"
+    source.mkdir()
+    big = datasets.multiframe(24 * 1024 * 1024)
+    for number in range(40):
+        big.SOPInstanceUID = f"1.2.3.{number}"
+        big.file_meta.MediaStorageSOPInstanceUID = big.SOPInstanceUID
+        big.save_as(source / f"{number}.dcm")
+    size = (source / "0.dcm").stat().st_size
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiodicom", "export", str(source), str(out), "-j", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.suffix == ".dcm" for p in out.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stdout.startswith("interrupted: ")
+    written = outputs(out)
+    assert 1 <= len(written) < 40
+    for path in written:
+        assert not path.name.endswith(".aiodicom-tmp")
+        assert path.stat().st_size == size

@@ -7,11 +7,15 @@ Exit status: 0 when every item was written or skipped, 1 when any failed,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, NoReturn
 
 import anyio
@@ -205,7 +209,12 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no progress and no summary; failures are still listed",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="print a line for every item")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print a line for every item, and warnings from pydicom and other libraries",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -247,6 +256,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    with _quiet_libraries(args.verbose):
+        return _dispatch(args)
+
+
+class _OneLine(logging.Formatter):
+    """``name: message`` without tracebacks (the report has the errors)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.name}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Keep the terminal readable: aiodicom's warnings (retries) in one line each;
+    other libraries' log records and pydicom's warnings only with ``--verbose``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter() if verbose else _OneLine())
+    if not verbose:
+        handler.addFilter(lambda record: record.name.split(".")[0] == "aiodicom")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(handler)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     prog = f"aiodicom {args.command}"
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
@@ -321,8 +361,6 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             progress=on_progress,
             total=total,
         )
-
-    import time
 
     started = time.perf_counter()
     interrupted = False
