@@ -371,6 +371,9 @@ async def test_rerunning_with_skip_existing_writes_nothing(tmp_path: Path) -> No
     out = tmp_path / "out"
     first = await export(source, out, skip_existing=True)
     assert first.written == 6
+    for item in first.items:  # named from a deferred read, written from a full one
+        assert item.destination is not None
+        assert read_bytes(item.destination) == pydicom_bytes(read(item.source))
     stamps = {p: p.stat().st_mtime_ns for p in files_under(out)}
     inodes = {p: p.stat().st_ino for p in files_under(out)}
 
