@@ -54,7 +54,12 @@ def bench(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site with mkdocs --strict."""
     session.install(
-        "-e", ".", "mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26"
+        "-e",
+        ".",
+        "mkdocs>=1.6,<2",
+        "mkdocs-material>=9.5,<10",
+        "mkdocstrings[python]>=0.26",
+        "ruff",  # mkdocstrings formats signatures with it
     )
     session.run("mkdocs", "build", "--strict")
 
