@@ -121,6 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "last one is the destination folder or URL prefix",
     )
     _add_common_options(export_parser)
+    _add_dask_options(export_parser)
     export_parser.set_defaults(handler=_run_export_command)
 
     demo_parser = commands.add_parser(
@@ -215,6 +216,43 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print a line for every item, and warnings from pydicom and other libraries",
     )
+
+
+def _add_dask_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster (tcp://host:8786); needs aiodicom[dask]",
+    )
+    group.add_argument(
+        "--dask",
+        action="store_true",
+        help="run on a local Dask cluster of worker processes; needs aiodicom[dask]",
+    )
+
+
+@contextlib.contextmanager
+def _dask_client(address: str | None) -> Iterator[Any]:
+    """A client of the cluster at `address`, or of a new local cluster."""
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError(
+            "--dask and --dask-scheduler need: pip install 'aiodicom[dask]'"
+        ) from None
+    Client: Any = distributed.Client  # untyped in distributed
+    LocalCluster: Any = distributed.LocalCluster
+    if address is None:
+        with LocalCluster(dashboard_address=":0") as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(address, timeout=30)
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Dask scheduler {address!r}: {exc}") from None
+    with client:
+        yield client
 
 
 def _positive_int(text: str) -> int:
@@ -362,10 +400,32 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             total=total,
         )
 
+    def run_on_dask() -> ExportReport:
+        from .dask import export as dask_export
+
+        with _dask_client(args.dask_scheduler) as client:
+            return dask_export(
+                sources,
+                destination,
+                client=client,
+                template=template,
+                concurrency=args.concurrency,
+                exist_ok=not args.no_clobber,
+                skip_existing=args.skip_existing,
+                storage_options=storage_options,
+                source_storage_options=source_options,
+                force=args.force,
+                enforce_file_format=args.enforce_file_format,
+                dry_run=args.dry_run,
+                fail_fast=args.fail_fast,
+                progress=on_progress,
+            )
+
+    on_dask = getattr(args, "dask", False) or getattr(args, "dask_scheduler", None) is not None
     started = time.perf_counter()
     interrupted = False
     try:
-        report = anyio.run(run)
+        report = run_on_dask() if on_dask else anyio.run(run)
     except KeyboardInterrupt:
         interrupted = True
         report = ExportReport(
