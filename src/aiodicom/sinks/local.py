@@ -78,8 +78,8 @@ class LocalFile:
             st = os.stat(target)
         except FileNotFoundError:
             st = None
-        except NotADirectoryError:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        except NotADirectoryError:  # a parent is a file: pydicom's error too
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if st is not None and not stat.S_ISREG(st.st_mode):
@@ -90,8 +90,10 @@ class LocalFile:
             fd, temp = tempfile.mkstemp(
                 prefix=f".{name[:_TEMP_NAME_MAX]}.", suffix=_TEMP_SUFFIX, dir=directory
             )
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        except NotADirectoryError:
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
         except PermissionError as exc:
             raise PermissionError(
                 exc.errno,
