@@ -419,9 +419,10 @@ _NAME_MAX = 255
     [
         "a" * (_NAME_MAX - 4) + ".dcm",  # exactly NAME_MAX bytes
         "é" * 125 + ".dcm",  # 254 bytes in 129 characters
+        "😀" * 62 + ".dcm",  # 252 bytes in 66 characters
         "中" * 83 + ".dcm",  # 253 bytes
     ],
-    ids=["ascii-255", "latin-254", "cjk-253"],
+    ids=["ascii-255", "latin-254", "emoji-252", "cjk-253"],
 )
 @pytest.mark.parametrize("exist_ok", [True, False])
 async def test_longest_names_work_temp_name_fits(

@@ -28,7 +28,19 @@ from ._base import Chunk
 __all__ = ["LocalFile"]
 
 _TEMP_SUFFIX: Final = ".aiodicom-tmp"
-_TEMP_NAME_MAX: Final = 64  # characters of the target's name kept in the temp name
+_TEMP_NAME_MAX: Final = 64  # bytes of the target's name kept in the temp name
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<start of name>.``, at most ``_TEMP_NAME_MAX`` *bytes* of `name`: with
+    multi-byte characters a cut by characters could overflow NAME_MAX (255 bytes)."""
+    kept, size = 0, 0
+    for char in name:
+        size += len(os.fsencode(char))
+        if size > _TEMP_NAME_MAX:
+            break
+        kept += 1
+    return f".{name[:kept]}."
 
 
 def _read_umask() -> int:
@@ -88,7 +100,7 @@ class LocalFile:
         directory, name = os.path.split(os.path.abspath(target))
         try:
             fd, temp = tempfile.mkstemp(
-                prefix=f".{name[:_TEMP_NAME_MAX]}.", suffix=_TEMP_SUFFIX, dir=directory
+                prefix=_temp_prefix(name), suffix=_TEMP_SUFFIX, dir=directory
             )
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
