@@ -333,3 +333,38 @@ async def test_socket_sink_receiver_drops_a_failed_write() -> None:
             await aiodicom.dcmwrite(sink, big_ct(FailingReader(pixels, fail_at=3)))
         await aiodicom.dcmwrite(sink, big_ct(pixels))
     assert received == [None, pydicom_bytes(big_ct(pixels))]
+
+
+# ----------------------------------------------------------------------------- bulk export
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["folder", "memory"])
+async def test_export_folder_example_writes_then_resumes(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fsspec
+    from pydicom.data import get_testdata_file
+
+    example = load("export_folder")
+    sources = [get_testdata_file(name) for name in example.PYDICOM_EXAMPLES]
+    if kind == "folder":
+        destination = str(tmp_path / "out")
+        fs, root = fsspec.filesystem("file"), destination
+    else:
+        root = f"/aiodicom-example-{tmp_path.name}"
+        destination = f"memory://{root}"
+        fs = fsspec.filesystem("memory")
+
+    assert await example.main(sources, destination) == 0
+    out = capsys.readouterr().out
+    assert f"{len(sources)} written, 0 skipped, 0 failed" in out  # the first run
+    assert f"0 written, {len(sources)} skipped, 0 failed" in out  # the rerun resumes
+
+    for source in sources:
+        ds = pydicom.dcmread(source)
+        path = f"{root}/{ds.PatientID}/{ds.Modality}/{ds.SOPInstanceUID}.dcm"
+        assert fs.cat_file(path) == pydicom_bytes(pydicom.dcmread(source)), path
+    assert len(fs.find(root)) == len(sources)
+    if kind == "memory":
+        fs.rm(root, recursive=True)
