@@ -141,7 +141,7 @@ def fail_unpicklably(dataset: Dataset) -> str:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as local_cluster:
         yield local_cluster
 
@@ -440,3 +440,40 @@ def test_bad_arguments_raise_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="storage_options"):
         aiodask.export([ct(1)], tmp_path, storage_options={"anon": True})
     assert tree(tmp_path) == {}
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def test_the_cli_runs_on_a_dask_scheduler(
+    tmp_path: Path, cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aiodicom.cli import main
+
+    expected = write_sources(tmp_path / "in", 6)
+    argv = [
+        "export",
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        "-t",
+        "{InstanceNumber:04d}.dcm",
+    ]
+
+    status = main([*argv, "--dask-scheduler", cluster.scheduler_address, "-q"])
+    rerun = main([*argv, "--dask-scheduler", cluster.scheduler_address, "--skip-existing"])
+
+    assert status == 0
+    assert published(tmp_path / "out") == expected
+    assert rerun == 0
+    assert "0 written, 6 skipped, 0 failed" in capsys.readouterr().out
+
+
+def test_the_cli_dask_options_exclude_each_other(tmp_path: Path) -> None:
+    from aiodicom.cli import main
+
+    argv = ["export", str(tmp_path), str(tmp_path / "out"), "--dask"]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--dask-scheduler", "tcp://127.0.0.1:9"])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists()
