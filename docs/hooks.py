@@ -6,6 +6,10 @@
 * Pages written by other parts of the project (object storage, bulk export,
   guarantees) get a short placeholder while they do not exist yet, so that the nav
   and the links to them stay valid under ``--strict``.
+* Pages may link to repository files outside ``docs/`` (``../README.md``,
+  ``../CHANGELOG.md``, ``../examples/x.py``) so that the links work when the
+  Markdown is read on a code host; on the site they point to the page that shows
+  that content.  Other links out of ``docs/`` still fail the ``--strict`` build.
 * Docstrings use pydicom's Sphinx roles (``:func:`pydicom.dcmwrite```); in the API
   reference they are shown as plain code.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,32 @@ PENDING_PAGES = {
 _ROLE = re.compile(
     r":(?:py:)?(?:func|class|meth|mod|attr|exc|data|obj|const):<code>~?([^<]*)</code>"
 )
+
+
+# Repository files outside docs/ -> the site page that shows them.
+REPOSITORY_LINKS = {"README.md": "index.md", "CHANGELOG.md": "changelog.md"}
+_OUTSIDE_LINK = re.compile(r"\]\(((?:\.\./)+[^)#\s]+)(#[^)\s]*)?\)")
+
+
+def _site_page_for(repository_path: str) -> str | None:
+    if repository_path in REPOSITORY_LINKS:
+        return REPOSITORY_LINKS[repository_path]
+    if repository_path.startswith("examples/") and repository_path.endswith(".py"):
+        return "examples.md"
+    return None
+
+
+def _repository_links(markdown: str, src_uri: str) -> str:
+    page_dir = posixpath.dirname(src_uri)
+
+    def replace(match: re.Match[str]) -> str:
+        target = posixpath.normpath(posixpath.join("docs", page_dir, match.group(1)))
+        page = _site_page_for(target)
+        if page is None:
+            return match.group(0)  # left for mkdocs to report
+        return f"]({posixpath.relpath(page, page_dir or '.')})"  # anchors do not carry over
+
+    return _OUTSIDE_LINK.sub(replace, markdown)
 
 
 def _gen_performance() -> Any:
@@ -67,6 +98,7 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    markdown = _repository_links(markdown, page.file.src_uri)
     if page.file.src_uri != "performance.md":
         return markdown
     markdown = markdown.replace(PERFORMANCE_MARKER, _gen_performance().render())
