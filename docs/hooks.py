@@ -4,8 +4,8 @@
   (rendered by ``docs/gen_performance.py``) in place of its marker comment, and the
   benchmark chart when ``benchmarks/results/summary.png`` exists.
 * Pages written by other parts of the project (object storage, bulk export,
-  guarantees) get a short placeholder while they do not exist yet, so that the nav
-  and the links to them stay valid under ``--strict``.
+  Dask, guarantees) get a short placeholder while they do not exist yet, so that
+  the nav and the links to them stay valid under ``--strict``.
 * Pages may link to repository files outside ``docs/`` (``../README.md``,
   ``../CHANGELOG.md``, ``../examples/x.py``) so that the links work when the
   Markdown is read on a code host; on the site they point to the page that shows
@@ -38,6 +38,7 @@ CHART_MARKER = "<!-- benchmark-chart -->"
 PENDING_PAGES = {
     "remote.md": "Object storage (S3, GCS, Azure)",
     "export.md": "Bulk export and CLI",
+    "dask.md": "Bulk export on Dask",
     "guarantees.md": "Guarantees",
 }
 
