@@ -5,11 +5,12 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 from pydicom.filebase import DicomIO
 
 from ._base import AsyncSink, AsyncWriter, Chunk, Sink, Writer
+from .fsspec import FsspecFile
 from .local import LocalFile
 from .memory import AsyncFileObject, Bytearray, FileObject
 
@@ -20,6 +21,7 @@ __all__ = [
     "Bytearray",
     "Chunk",
     "FileObject",
+    "FsspecFile",
     "LocalFile",
     "Sink",
     "Writer",
@@ -63,14 +65,10 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
     if isinstance(destination, str | bytes | os.PathLike):
         path = os.fspath(destination)
         if isinstance(path, str) and is_url(path):
-            from .fsspec import FsspecFile
-
             return FsspecFile.from_url(path, storage_options)
         _no_storage_options(storage_options, destination)
         return LocalFile(path)
     if isinstance(destination, tuple) and len(destination) == 2:
-        from .fsspec import FsspecFile
-
         fs, path = destination
         _no_storage_options(storage_options, destination)
         return FsspecFile(fs, path)
@@ -80,7 +78,7 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
     if isinstance(destination, bytearray):
         return Bytearray(destination)
     if isinstance(destination, DicomIO):
-        return FileObject(destination.parent)
+        return FileObject(cast(Any, destination.parent))
     write = getattr(destination, "write", None)
     if callable(write):
         if inspect.iscoroutinefunction(write):
