@@ -257,6 +257,36 @@ def test_s3_on_two_workers_matches_the_single_machine_export(
             assert fs.cat_file(item.destination) == pydicom_bytes(read(item.source))
 
 
+def test_sources_travel_as_references_and_are_read_on_the_workers(
+    tmp_path: Path, client: Client, s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    import s3fs
+
+    from aiodicom._dask_plan import plan
+
+    expected = write_sources(tmp_path / "in", 5)
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.put(str(tmp_path / "in") + "/", f"{s3_bucket}/in/", recursive=True)
+
+    local_refs = [p.refs for p in plan(tmp_path / "in", 2, None).partitions]
+    url_refs = [p.refs for p in plan(f"{s3_bucket}/in/", 2, s3_storage_options).partitions]
+    report = aiodask.export(
+        f"{s3_bucket}/in/",
+        tmp_path / "out",
+        client=client,
+        partition_size=2,
+        source_storage_options=s3_storage_options,
+        template=by_instance_number,
+    )
+
+    names = sorted(expected)
+    assert local_refs == [[str(tmp_path / "in" / n) for n in names[i : i + 2]] for i in (0, 2, 4)]
+    assert url_refs == [[f"{s3_bucket}/in/{n}" for n in names[i : i + 2]] for i in (0, 2, 4)]
+    assert sorted(item.source for item in report.items) == [f"{s3_bucket}/in/{n}" for n in names]
+    assert report.ok
+    assert published(tmp_path / "out") == expected
+
+
 # ------------------------------------------------------- workers that die
 
 
