@@ -65,7 +65,7 @@ def _suite(name: str, data: Any) -> str:
         out += ["Machine: " + ", ".join(f"{k} {_fmt(v)}" for k, v in machine.items()), ""]
     args = data.get("args")
     if isinstance(args, Mapping) and args:
-        out += ["Run with: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in args.items()), ""]
+        out += ["Run with: " + ", ".join(f"`{k}={v}`" for k, v in args.items()), ""]
     results = data.get("results")
     if isinstance(results, Mapping):
         out += _mapping(results, depth=3)
@@ -77,8 +77,20 @@ def _mapping(obj: Mapping[str, Any], depth: int) -> list[str]:
     scalars = {k: v for k, v in obj.items() if _is_scalar(v)}
     if scalars:
         out += _key_value_table(scalars)
+    # Sibling mappings of scalars over the same keys (say median_s and MB_per_s,
+    # each by contender) read best side by side: one table, a column each.
+    columns: dict[tuple[str, ...], dict[str, Mapping[str, Any]]] = {}
     for key, value in obj.items():
-        if not isinstance(value, Mapping) or not value:
+        if isinstance(value, Mapping) and value and all(map(_is_scalar, value.values())):
+            columns.setdefault(tuple(value), {})[key] = value
+    shown: set[str] = set()
+    for key, value in obj.items():
+        if not isinstance(value, Mapping) or not _has_scalars(value) or key in shown:
+            continue  # raw rounds (lists only) are left out
+        group = columns.get(tuple(value), {})
+        if key in group and len(group) > 1:
+            out += _pivot_table(group)
+            shown.update(group)
             continue
         if key != "cases":  # a suite's table of cases needs no heading of its own
             out += [_heading(key, depth), ""]
@@ -89,6 +101,25 @@ def _mapping(obj: Mapping[str, Any], depth: int) -> list[str]:
         else:
             out += _mapping(value, depth + 1)
     return out
+
+
+def _pivot_table(group: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    names = list(group)
+    rows = list(next(iter(group.values())))
+    out = [
+        "| | " + " | ".join(_cell(_label(n)) for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for row in rows:
+        cells = [_cell(_fmt(group[n][row])) for n in names]
+        out.append(f"| {_cell(row)} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _has_scalars(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_has_scalars(v) for v in value.values())
+    return _is_scalar(value)
 
 
 def _heading(key: str, depth: int) -> str:
@@ -134,6 +165,9 @@ def _case_table(cases: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def _label(key: str) -> str:
+    """``median_s`` -> ``median (s)``; names with spaces are names, kept as they are."""
+    if " " in key:
+        return key
     text = key.replace("_per_", "/")
     for suffix, unit in (("_ms", " (ms)"), ("_s", " (s)"), ("_MiB", " (MiB)")):
         if text.endswith(suffix):
