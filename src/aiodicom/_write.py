@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Generator, Iterable
-from contextlib import closing
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing, contextmanager
+from contextvars import ContextVar
 from typing import Any, Final, cast
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 from pydicom import config
@@ -158,7 +160,7 @@ async def dcmwrite(
         )
 
     if isinstance(sink, Sink):
-        if not is_light(dataset):
+        if not _ENCODE_INLINE.get() or not is_light(dataset):
             await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
             return
         # Light: encode right here (well under a millisecond, and no thread
@@ -166,6 +168,9 @@ async def dcmwrite(
         # One inline encode per loop turn: many writes started at once must not
         # run back to back without letting other tasks in.
         async with _inline_lock():
+            # acquiring the lock may resume a task that was cancelled meanwhile
+            # (anyio's fast path is shielded): do not encode for nothing
+            await anyio.lowlevel.checkpoint_if_cancelled()
             chunks = list(plan().chunks())
         if _in_memory(sink) and sum(len(memoryview(c)) for c in chunks) <= INLINE_BYTES:
             _write_chunks(sink, chunks, exist_ok, check=_never_cancelled)
@@ -177,6 +182,23 @@ async def dcmwrite(
 
 
 _INLINE_LOCK: RunVar[anyio.Lock] = RunVar("aiodicom_inline_lock")
+
+_ENCODE_INLINE: ContextVar[bool] = ContextVar("aiodicom_encode_inline", default=True)
+
+
+@contextmanager
+def encode_in_threads() -> Iterator[None]:
+    """Within this context (and the tasks it starts), always encode in worker threads.
+
+    For bulk work where throughput matters more than the loop's latency: many
+    writes in flight while other threads read and parse datasets keep the GIL busy,
+    and inline encoding, one per loop turn, would then wait for it each time.
+    """
+    token = _ENCODE_INLINE.set(False)
+    try:
+        yield
+    finally:
+        _ENCODE_INLINE.reset(token)
 
 
 def _inline_lock() -> anyio.Lock:

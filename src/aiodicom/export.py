@@ -14,13 +14,14 @@ from typing import Any, Final
 
 import anyio
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydicom.dataset import Dataset
 
 from ._export_destination import Root
 from ._export_report import ExportProgress, ExportReport, ItemResult, Status
 from ._export_sources import Source, iter_sources, read_source
 from ._export_template import DEFAULT_TEMPLATE, NamingError, Template, TemplateError
-from ._write import dcmwrite
+from ._write import dcmwrite, encode_in_threads
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -166,18 +167,31 @@ async def export(
         total=total,
     )
     send, receive = anyio.create_memory_object_stream[Source](0)
-    async with anyio.create_task_group() as group:
-        run.cancel_scope = group.cancel_scope
-        group.start_soon(_produce, sources, source_storage_options, send)
-        async with receive:
-            for _ in range(concurrency):
-                group.start_soon(_work, run, receive.clone())
+    # Throughput first: encode in the worker threads, as a thread pool would.
+    with encode_in_threads():
+        await _run_all(run, sources, source_storage_options, concurrency, send, receive)
     return ExportReport(
         items=run.items,
         seconds=time.perf_counter() - run.started,
         stopped_early=run.stopped_early,
         dry_run=dry_run,
     )
+
+
+async def _run_all(
+    run: _Run,
+    sources: Any,
+    source_storage_options: dict[str, Any] | None,
+    concurrency: int,
+    send: MemoryObjectSendStream[Source],
+    receive: MemoryObjectReceiveStream[Source],
+) -> None:
+    async with anyio.create_task_group() as group:
+        run.cancel_scope = group.cancel_scope
+        group.start_soon(_produce, sources, source_storage_options, send)
+        async with receive:
+            for _ in range(concurrency):
+                group.start_soon(_work, run, receive.clone())
 
 
 async def _produce(
