@@ -11,6 +11,8 @@ small dataset here; the parity tests run each one through the whole option matri
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -256,18 +258,26 @@ def buffered_variants(directory: Path, *, position: int = 0, n_bytes: int = 1000
 
 def long_values() -> FileDataset:
     """Values over 64 KiB: short-length VRs (changed to UN in explicit VR, with
-    pydicom's warning) next to 32-bit-length ones (UT, OB, OW, UN) that are not."""
+    pydicom's warning) next to 32-bit-length ones (UT, OB, OW, UN) that are not.
+
+    A deep copy of one template (building the multi-valued elements is slow).
+    """
+    return copy.deepcopy(_long_values_template())
+
+
+@functools.cache
+def _long_values_template() -> FileDataset:
     ds = _file_dataset(ExplicitVRLittleEndian, SecondaryCaptureImageStorage)
     ds.PatientName = "Long^Values"
     ds.add_new(0x00204000, "LT", "long text " * 7000)  # LT: 16-bit length
     ds.add_new(0x00091010, "LO", "PRIVATE CREATOR")
-    ds.add_new(0x00091011, "LO", ["abc"] * 20_000)  # multi-valued LO, > 64 KiB
-    ds.add_new(0x00091012, "US", list(range(40_000)))  # 80 kB of US
+    ds.add_new(0x00091011, "LO", ["x" * 63] * 1100)  # multi-valued LO, > 64 KiB
+    ds.add_new(0x00091012, "US", list(range(32_800)))  # 65600 bytes of US
     ds.add_new(0x00091013, "UT", "unlimited " * 8000)  # UT: 32-bit length, stays UT
     ds.add_new(0x00091014, "UN", b"\x01\x02" * 40_000)
     ds.add_new(0x00091015, "UN", b"\x03" * 70_001)  # odd UN: never padded
     ds.add_new(0x00091016, "OW", b"\x00\x01" * 50_000)
-    ds.add_new(0x00091017, "FD", [float(i) for i in range(9000)])  # 72 kB FD
+    ds.add_new(0x00091017, "FD", [0.5] * 8200)  # 65600 bytes of FD
     return ds
 
 
@@ -340,7 +350,7 @@ def bytearray_values() -> FileDataset:
     """A ``bytearray`` value: pydicom turns it into a MultiValue and cannot write it."""
     ds = ct_slice(16, 16)
     ds.add_new(0x00091010, "LO", "AIODICOM BYTEARRAY")
-    ds.add_new(0x00091011, "OB", bytearray(b"\x01" * 70_001))
+    ds.add_new(0x00091011, "OB", bytearray(b"\x01" * 101))
     return ds
 
 

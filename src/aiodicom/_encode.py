@@ -305,6 +305,9 @@ def _passthrough(
     elif elem.is_buffered:
         if vr == "UN":
             return None
+        # pydicom's write_data_element looks at `is_empty` first, which checks the
+        # buffer and raises "Invalid buffer for ..." (closed, unseekable...)
+        elem.is_empty  # noqa: B018
         return _buffered(elem, implicit_vr, little_endian)
     else:
         value = elem.value
@@ -340,8 +343,11 @@ def _buffered(elem: DataElement, implicit_vr: bool, little_endian: bool) -> Iter
     buffer = elem.value
     undefined = elem.is_undefined_length
     if undefined and elem.tag == _PIXEL_DATA:
+        # check after the position is restored: pydicom's context manager does
+        # not restore it when the body raises
         with reset_buffer_position(buffer):
-            _check_encapsulated(buffer.read(4), little_endian)
+            first = buffer.read(4)
+        _check_encapsulated(first, little_endian)
     length = buffer_remaining(buffer)
     yield _header(elem.tag, elem.VR, length, undefined, implicit_vr, little_endian)
     written = 0

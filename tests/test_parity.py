@@ -1,0 +1,537 @@
+"""Byte parity with :func:`pydicom.dcmwrite`.
+
+Every DICOM file pydicom ships, and every generated dataset of
+:mod:`tests.datasets`, is written by both writers under the whole option matrix
+(``implicit_vr`` x ``little_endian`` x ``enforce_file_format`` x ``force_encoding``,
+plus ``write_like_original`` positional and keyword).  Each writer gets its own
+fresh dataset; the two must agree on:
+
+* the bytes written, or the exception (type, and message up to pydicom's
+  embedded traceback);
+* the warnings (category and message);
+* the dataset afterwards (element classes, VRs, undefined-length flags, values);
+* the encoding set on a ``DicomBytesIO`` destination.
+
+Where pydicom fails part-way, aiodicom must leave the destination untouched (our
+intended improvement), so that is asserted instead of equal partial output.
+
+The matrix loops inside a few tests (one per file), so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.valuerep import VR
+
+import aiodicom
+from tests import datasets
+
+pytestmark = pytest.mark.anyio
+
+# ---------------------------------------------------------------------------
+# The option matrix
+
+
+@dataclass(frozen=True)
+class Options:
+    """One call's arguments after destination and dataset."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def keywords(self) -> dict[str, Any]:
+        return dict(self.kwargs)
+
+    def __str__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        return f"({', '.join(parts)})"
+
+
+def option_matrix() -> list[Options]:
+    """implicit_vr x little_endian x enforce_file_format x force_encoding, then
+    write_like_original positional and keyword (True and False)."""
+    out = []
+    for implicit_vr in (None, True, False):
+        for little_endian in (None, True, False):
+            for enforce in (False, True):
+                for force in (False, True):
+                    out.append(
+                        Options(
+                            kwargs=(
+                                ("implicit_vr", implicit_vr),
+                                ("little_endian", little_endian),
+                                ("enforce_file_format", enforce),
+                                ("force_encoding", force),
+                            )
+                        )
+                    )
+    for wlo in (True, False):
+        out.append(Options(args=(wlo,)))
+        out.append(Options(kwargs=(("write_like_original", wlo),)))
+        out.append(Options(args=(wlo,), kwargs=(("implicit_vr", True), ("little_endian", True))))
+    return out
+
+
+MATRIX = option_matrix()
+
+# A few combinations for the costlier destinations (local files, bytearrays).
+SHORT_MATRIX = [
+    Options(),
+    Options(kwargs=(("enforce_file_format", True),)),
+    Options(kwargs=(("implicit_vr", False), ("little_endian", False), ("force_encoding", True))),
+    Options(kwargs=(("implicit_vr", True), ("little_endian", True))),
+    Options(args=(False,)),
+]
+
+# ---------------------------------------------------------------------------
+# Running one writer and recording everything observable
+
+
+@dataclass
+class Outcome:
+    """What one write did."""
+
+    output: bytes | None = None
+    error: tuple[type[BaseException], str] | None = None
+    warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
+    state: Any = None
+    destination_encoding: tuple[Any, Any] | None = None
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"{self.error[0].__name__}: {self.error[1][:300]}"
+        assert self.output is not None
+        return f"{len(self.output)} bytes"
+
+
+def error_key(exc: BaseException) -> tuple[type[BaseException], str]:
+    """Type and message, cut where pydicom embeds a traceback in the message."""
+    message = str(exc)
+    cut = message.find("\nTraceback (most recent call last)")
+    return type(exc), message if cut < 0 else message[:cut]
+
+
+@dataclass
+class _Recorder:
+    records: list[warnings.WarningMessage] = field(default_factory=list)
+
+    def result(self) -> list[tuple[type[Warning], str]]:
+        # ResourceWarnings come from the garbage collector, whenever it runs
+        return [
+            (r.category, str(r.message))
+            for r in self.records
+            if not issubclass(r.category, ResourceWarning)
+        ]
+
+
+class record_warnings:
+    """``catch_warnings(record=True)`` with every warning shown every time.
+
+    The warnings module's state is process-wide, so warnings raised in the worker
+    thread that aiodicom encodes in are recorded too.
+    """
+
+    def __enter__(self) -> _Recorder:
+        self._cm = warnings.catch_warnings(record=True)
+        recorder = _Recorder(self._cm.__enter__())
+        warnings.simplefilter("always")
+        return recorder
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+
+
+def element_state(elem: DataElement | RawDataElement) -> tuple[Any, ...]:
+    if isinstance(elem, RawDataElement):
+        return ("raw", tuple(elem))
+    value: Any = elem.value
+    if elem.VR == VR.SQ:
+        value = (
+            getattr(value, "is_undefined_length", None),
+            [dataset_state(item) for item in value],
+        )
+    elif elem.is_buffered:
+        value = ("buffered", value.closed, None if value.closed else value.tell())
+    elif isinstance(value, bytes | bytearray | memoryview):
+        try:
+            value = (type(value).__name__, bytes(value))
+        except BufferError:
+            value = (type(value).__name__, value.tobytes())
+    else:
+        value = (type(value).__name__, repr(value))
+    return ("elem", elem.tag, elem.VR, elem.is_undefined_length, value)
+
+
+def dataset_state(ds: Dataset) -> tuple[Any, ...]:
+    """Everything about `ds` a write may change, in comparable form."""
+    attrs = tuple(
+        (name, getattr(ds, name, "<unset>"))
+        for name in (
+            "preamble",
+            "_is_implicit_VR",
+            "_is_little_endian",
+            "_read_implicit",
+            "_read_little",
+            "_character_set",
+            "is_undefined_length_sequence_item",
+        )
+    )
+    meta = getattr(ds, "file_meta", None)
+    return (
+        type(ds).__name__,
+        attrs,
+        None if meta is None else dataset_state(meta),
+        tuple((tag, element_state(ds._dict[tag])) for tag in sorted(ds._dict)),
+    )
+
+
+def _destination_encoding(destination: Any) -> tuple[Any, Any] | None:
+    if isinstance(destination, DicomBytesIO):
+        return (
+            getattr(destination, "_implicit_vr", None),
+            getattr(destination, "_little_endian", None),
+        )
+    return None
+
+
+def write_pydicom(
+    ds: Dataset, destination: Any, options: Options, read: Callable[[], bytes]
+) -> Outcome:
+    """Run :func:`pydicom.dcmwrite` and record what it did."""
+    outcome = Outcome()
+    with record_warnings() as rec:
+        try:
+            pydicom.dcmwrite(destination, ds, *options.args, **options.keywords)
+        except Exception as exc:
+            outcome.error = error_key(exc)
+        else:
+            outcome.output = read()
+    outcome.warnings = rec.result()
+    outcome.state = dataset_state(ds)
+    outcome.destination_encoding = _destination_encoding(destination)
+    return outcome
+
+
+async def write_aiodicom(
+    ds: Dataset, destination: Any, options: Options, read: Callable[[], bytes]
+) -> Outcome:
+    """Run :func:`aiodicom.dcmwrite` and record what it did."""
+    outcome = Outcome()
+    with record_warnings() as rec:
+        try:
+            await aiodicom.dcmwrite(destination, ds, *options.args, **options.keywords)
+        except Exception as exc:
+            outcome.error = error_key(exc)
+        else:
+            outcome.output = read()
+    outcome.warnings = rec.result()
+    outcome.state = dataset_state(ds)
+    outcome.destination_encoding = _destination_encoding(destination)
+    return outcome
+
+
+def assert_same(expected: Outcome, actual: Outcome, context: str) -> None:
+    """The two outcomes agree (``expected`` is pydicom's).
+
+    Fails with a short message of its own: pytest's diff of two large dataset
+    states would take minutes and gigabytes.
+    """
+    if actual.error != expected.error:
+        pytest.fail(
+            f"{context}: pydicom {expected.describe()!r} but aiodicom {actual.describe()!r}",
+            pytrace=False,
+        )
+    if expected.error is None and actual.output != expected.output:
+        pytest.fail(
+            f"{context}: output differs ({expected.describe()} vs {actual.describe()}), "
+            f"first difference at {_first_difference(expected.output, actual.output)}",
+            pytrace=False,
+        )
+    if actual.warnings != expected.warnings:
+        pytest.fail(
+            f"{context}: warnings differ: pydicom {expected.warnings!r:.2000} "
+            f"aiodicom {actual.warnings!r:.2000}",
+            pytrace=False,
+        )
+    if actual.state != expected.state:
+        pytest.fail(
+            f"{context}: dataset state after write differs: "
+            f"{_state_difference(expected.state, actual.state)}",
+            pytrace=False,
+        )
+    if actual.destination_encoding != expected.destination_encoding:
+        pytest.fail(
+            f"{context}: DicomBytesIO encoding differs: pydicom "
+            f"{expected.destination_encoding} aiodicom {actual.destination_encoding}",
+            pytrace=False,
+        )
+
+
+def _state_difference(a: Any, b: Any, path: str = "") -> str:
+    """Where two nested state tuples first differ, briefly."""
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _state_difference(x, y, f"{path}[{i}]")
+    return f"at {path}: pydicom {a!r:.500} aiodicom {b!r:.500}"
+
+
+def _first_difference(a: bytes | None, b: bytes | None) -> int | None:
+    if a is None or b is None:
+        return None
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+# ---------------------------------------------------------------------------
+# Comparing one dataset factory over a matrix and over destinations
+
+
+async def compare_buffers(make: Callable[[], Dataset], matrix: list[Options], name: str) -> int:
+    """BytesIO and DicomBytesIO destinations, over `matrix`.  Returns the number of
+    combinations that pydicom wrote successfully."""
+    written = 0
+    for options in matrix:
+        for kind in ("BytesIO", "DicomBytesIO"):
+            context = f"{name} {options} -> {kind}"
+            ds_ref, ds_ours = make(), make()
+            ref_dest: Any = io.BytesIO() if kind == "BytesIO" else DicomBytesIO()
+            our_dest: Any = io.BytesIO() if kind == "BytesIO" else DicomBytesIO()
+            expected = write_pydicom(ds_ref, ref_dest, options, ref_dest.getvalue)
+            actual = await write_aiodicom(ds_ours, our_dest, options, our_dest.getvalue)
+            assert_same(expected, actual, context)
+            if actual.error is not None:
+                # improvement: a failed write leaves the buffer as it was
+                assert our_dest.getvalue() == b"", f"{context}: buffer not rolled back"
+            else:
+                written += kind == "BytesIO"
+            datasets.close_buffers(ds_ref)
+            datasets.close_buffers(ds_ours)
+    return written
+
+
+async def compare_other_destinations(
+    make: Callable[[], Dataset], matrix: list[Options], name: str, directory: Path
+) -> None:
+    """A local path and a bytearray (which pydicom rejects: compared to its BytesIO)."""
+    for number, options in enumerate(matrix):
+        context = f"{name} {options}"
+        ref_path = directory / f"pydicom-{number}.dcm"
+        our_path = directory / f"aiodicom-{number}.dcm"
+        ds_ref, ds_ours = make(), make()
+        expected = write_pydicom(ds_ref, ref_path, options, ref_path.read_bytes)
+        actual = await write_aiodicom(ds_ours, our_path, options, our_path.read_bytes)
+        assert_same(expected, actual, f"{context} -> path")
+        if actual.error is not None:
+            assert not our_path.exists(), f"{context}: failed write left a file"
+
+        reference = io.BytesIO()
+        ds_ref, ds_bytearray = make(), make()
+        expected = write_pydicom(ds_ref, reference, options, reference.getvalue)
+        target = bytearray(b"already here")
+        actual = await write_aiodicom(
+            ds_bytearray, target, options, lambda: bytes(target[len(b"already here") :])
+        )
+        assert_same(expected, actual, f"{context} -> bytearray")
+        if actual.error is not None:
+            assert target == b"already here", f"{context}: bytearray not rolled back"
+        for ds in (ds_ref, ds_ours, ds_bytearray):
+            datasets.close_buffers(ds)
+    leftovers = sorted(
+        p.name for p in directory.iterdir() if not p.name.startswith(("pydicom-", "aiodicom-"))
+    )
+    assert not [n for n in leftovers if "tmp" in n], f"temporary files left: {leftovers}"
+
+
+# ---------------------------------------------------------------------------
+# pydicom's own test files
+
+
+def _shipped_files() -> list[str]:
+    """Every file pydicom ships as test data, and its character set files.
+
+    Directories (``dicomdirtests/...``) are listed by pydicom too; they are not
+    files and are the only entries left out.  Non-DICOM files (json, txt...) are
+    kept: read with ``force=True`` they are still datasets both writers must agree on.
+    """
+    paths = pydicom.data.get_testdata_files() + pydicom.data.get_charset_files()
+    files = sorted({p for p in paths if not os.path.isdir(p)})
+    assert all(os.path.isfile(p) for p in files)
+    return files
+
+
+SHIPPED = _shipped_files()
+
+
+def _reader(path: str) -> Callable[[], Dataset]:
+    data = Path(path).read_bytes()
+    try:
+        pydicom.dcmread(io.BytesIO(data))
+        force = False
+    except pydicom.errors.InvalidDicomError:
+        force = True
+
+    def read() -> Dataset:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(data), force=force)
+
+    return read
+
+
+def _short_name(path: str) -> str:
+    return os.path.relpath(path, os.path.dirname(pydicom.data.__file__))
+
+
+def test_shipped_files_are_all_here() -> None:
+    """The list is what pydicom ships (guards against a silently empty matrix)."""
+    assert len(SHIPPED) > 150
+    names = {os.path.basename(p) for p in SHIPPED}
+    for expected in ("CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "chrH31.dcm"):
+        assert expected in names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=_short_name)
+async def test_shipped_file_matrix(path: str) -> None:
+    make = _reader(path)
+    await compare_buffers(make, MATRIX, _short_name(path))
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "rtplan.dcm"]
+)
+async def test_shipped_file_to_path_and_bytearray(name: str, tmp_path: Path) -> None:
+    path = pydicom.data.get_testdata_file(name)
+    assert isinstance(path, str)
+    await compare_other_destinations(_reader(path), SHORT_MATRIX, name, tmp_path)
+
+
+async def test_every_shipped_file_to_path_and_bytearray(tmp_path: Path) -> None:
+    """Default options only, all files, local path and bytearray."""
+    for number, path in enumerate(SHIPPED):
+        directory = tmp_path / str(number)
+        directory.mkdir()
+        await compare_other_destinations(
+            _reader(path), [Options()], _short_name(path), directory
+        )
+
+
+# ---------------------------------------------------------------------------
+# Generated datasets
+
+
+@pytest.mark.parametrize("name", sorted(datasets.GENERATED))
+async def test_generated_matrix(name: str, tmp_path: Path) -> None:
+    factory = datasets.GENERATED[name]
+    written = await compare_buffers(lambda: factory(tmp_path), MATRIX, name)
+    await compare_other_destinations(lambda: factory(tmp_path), SHORT_MATRIX, name, tmp_path)
+    must_fail = {
+        "ambiguous_vr_unresolvable",
+        "buffered_closed",
+        "bytearray_values",
+        "noncontiguous_view",
+        "unencapsulated_compressed",
+    }
+    if name in must_fail:
+        assert written == 0, f"{name} was meant to exercise an error"
+    else:
+        assert written > 0, f"{name} was never written successfully"
+
+
+async def test_long_values_warn_and_change_to_un() -> None:
+    """The 'changed to UN' case really happens (so the matrix compares it)."""
+    with record_warnings() as rec:
+        await aiodicom.dcmwrite(io.BytesIO(), datasets.long_values(), implicit_vr=False)
+    messages = [m for _, m in rec.result()]
+    assert any("changed from 'LT' to 'UN'" in m for m in messages)
+    assert any("changed from 'LO' to 'UN'" in m for m in messages)
+    assert not any("from 'UT'" in m for m in messages)
+
+
+async def test_pixel_data_flag_side_effect() -> None:
+    """pydicom sets PixelData.is_undefined_length from the transfer syntax; so do we."""
+    ds = datasets.encapsulated_multiframe(2, 100)
+    ds["PixelData"].is_undefined_length = False
+    await aiodicom.dcmwrite(io.BytesIO(), ds)
+    assert ds["PixelData"].is_undefined_length is True
+    ds = datasets.ct_slice(8, 8)
+    ds["PixelData"].is_undefined_length = True
+    await aiodicom.dcmwrite(io.BytesIO(), ds)
+    assert ds["PixelData"].is_undefined_length is False
+
+
+async def test_dicombytesio_gets_encoding() -> None:
+    destination = DicomBytesIO()
+    await aiodicom.dcmwrite(destination, datasets.big_endian())
+    assert (destination.is_implicit_VR, destination.is_little_endian) == (False, False)
+
+
+# ---------------------------------------------------------------------------
+# A 100+ MiB multi-frame: compare digests, not two copies in memory
+
+
+class _HashingSink:
+    """A write-only file-like that keeps only a digest and a length."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.length = 0
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        n = memoryview(data).nbytes
+        self.length += n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # pydicom's DicomIO wants these
+        raise io.UnsupportedOperation("seek")
+
+    def tell(self) -> int:
+        return self.length
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+async def test_large_multiframe(tmp_path: Path) -> None:
+    """An odd-length 100+ MiB native multi-frame (the even case is in the matrix)."""
+    ds = datasets.multiframe(100 * 1024 * 1024 + 3 * 131072, odd=True)
+    assert len(ds.PixelData) > 100 * 1024 * 1024
+
+    reference = _HashingSink()
+    pydicom.dcmwrite(reference, ds)
+    ours = _HashingSink()
+    await aiodicom.dcmwrite(ours, ds)
+    assert (ours.length, ours.digest.hexdigest()) == (
+        reference.length,
+        reference.digest.hexdigest(),
+    )
+
+    path = tmp_path / "large.dcm"
+    await aiodicom.dcmwrite(path, ds, exist_ok=False)
+    assert path.stat().st_size == reference.length
+    assert _hash_file(path) == reference.digest.hexdigest()
+
