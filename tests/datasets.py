@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -30,7 +31,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     SecondaryCaptureImageStorage,
 )
@@ -216,7 +216,9 @@ def encapsulated_multiframe(frames: int = 8, frame_size: int = 40_001) -> FileDa
     return ds
 
 
-def buffered_pixel_data(directory: Path, *, odd: bool = False, n_bytes: int = 300_000) -> FileDataset:
+def buffered_pixel_data(
+    directory: Path, *, odd: bool = False, n_bytes: int = 300_000
+) -> FileDataset:
     """Pixel Data given as an open (buffered) file, as pydicom allows for OB/OW.
 
     The file is left open: the caller owns it through the dataset.

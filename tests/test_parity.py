@@ -285,7 +285,7 @@ def assert_same(expected: Outcome, actual: Outcome, context: str) -> None:
 def _state_difference(a: Any, b: Any, path: str = "") -> str:
     """Where two nested state tuples first differ, briefly."""
     if isinstance(a, tuple | list) and isinstance(b, tuple | list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             if x != y:
                 return _state_difference(x, y, f"{path}[{i}]")
     return f"at {path}: pydicom {a!r:.500} aiodicom {b!r:.500}"
@@ -294,7 +294,7 @@ def _state_difference(a: Any, b: Any, path: str = "") -> str:
 def _first_difference(a: bytes | None, b: bytes | None) -> int | None:
     if a is None or b is None:
         return None
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))
@@ -346,9 +346,11 @@ async def compare_other_destinations(
         ds_ref, ds_bytearray = make(), make()
         expected = write_pydicom(ds_ref, reference, options, reference.getvalue)
         target = bytearray(b"already here")
-        actual = await write_aiodicom(
-            ds_bytearray, target, options, lambda: bytes(target[len(b"already here") :])
-        )
+
+        def written(target: bytearray = target) -> bytes:
+            return bytes(target[len(b"already here") :])
+
+        actual = await write_aiodicom(ds_bytearray, target, options, written)
         assert_same(expected, actual, f"{context} -> bytearray")
         if actual.error is not None:
             assert target == b"already here", f"{context}: bytearray not rolled back"
@@ -428,9 +430,7 @@ async def test_every_shipped_file_to_path_and_bytearray(tmp_path: Path) -> None:
     for number, path in enumerate(SHIPPED):
         directory = tmp_path / str(number)
         directory.mkdir()
-        await compare_other_destinations(
-            _reader(path), [Options()], _short_name(path), directory
-        )
+        await compare_other_destinations(_reader(path), [Options()], _short_name(path), directory)
 
 
 # ---------------------------------------------------------------------------
@@ -534,4 +534,3 @@ async def test_large_multiframe(tmp_path: Path) -> None:
     await aiodicom.dcmwrite(path, ds, exist_ok=False)
     assert path.stat().st_size == reference.length
     assert _hash_file(path) == reference.digest.hexdigest()
-
