@@ -49,6 +49,7 @@ __all__ = [
     "deferred_from_file",
     "deflated",
     "deflated_from_file",
+    "deflated_views",
     "encapsulated_buffered",
     "encapsulated_multiframe",
     "long_values",
@@ -160,16 +161,17 @@ def multiframe(n_bytes: int, *, odd: bool = False) -> FileDataset:
     return ds
 
 
-def deflated() -> FileDataset:
-    """A small CT slice in the Deflated Explicit VR Little Endian transfer syntax."""
-    ds = ct_slice(64, 64)
+def deflated(size: int = 64) -> FileDataset:
+    """A `size` x `size` CT slice in the Deflated Explicit VR Little Endian
+    transfer syntax (from 256 on, the Pixel Data passes through uncopied)."""
+    ds = ct_slice(size, size)
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     return ds
 
 
-def big_endian() -> FileDataset:
+def big_endian(size: int = 64) -> FileDataset:
     """A CT slice in Explicit VR Big Endian (Pixel Data byte-swapped by hand)."""
-    ds = ct_slice(64, 64)
+    ds = ct_slice(size, size)
     ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
     pixels = np.frombuffer(ds.PixelData, dtype="<u2")
     ds.PixelData = pixels.astype(">u2").tobytes()
@@ -371,6 +373,14 @@ def unencapsulated_compressed() -> FileDataset:
     return ds
 
 
+def deflated_views() -> FileDataset:
+    """:func:`memoryview_values` in the deflated transfer syntax (views of 16-bit
+    items must be deflated as bytes)."""
+    ds = memoryview_values()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    return ds
+
+
 def no_file_meta() -> Dataset:
     """A plain :class:`Dataset`: no ``file_meta``, no ``preamble``."""
     ds = Dataset()
@@ -384,9 +394,9 @@ def no_file_meta() -> Dataset:
     return ds
 
 
-def implicit_little() -> FileDataset:
+def implicit_little(size: int = 32) -> FileDataset:
     """A CT slice in Implicit VR Little Endian."""
-    ds = ct_slice(32, 32)
+    ds = ct_slice(size, size)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     return ds
 
@@ -433,6 +443,10 @@ GENERATED: dict[str, Callable[[Path], Dataset]] = {
     "multiframe_odd": lambda d: multiframe(300_000, odd=True),
     "multiframe_even": lambda d: multiframe(300_000),
     "deflated": _in_directory(deflated),
+    "deflated_large": lambda d: deflated(256),
+    "deflated_views": _in_directory(deflated_views),
+    "big_endian_large": lambda d: big_endian(256),
+    "implicit_large": lambda d: implicit_little(256),
     "big_endian": _in_directory(big_endian),
     "implicit_little": _in_directory(implicit_little),
     "deep_sequences": _in_directory(deep_sequences),
