@@ -9,7 +9,7 @@ propagates, which is as shielded as it gets.
 
 *Light* datasets (see :mod:`aiodicom._cost`: a typical image, whatever the size of
 its Pixel Data) are validated and encoded inline instead, which takes the loop
-well under a millisecond and spares it from waiting for the GIL behind encoding
+a millisecond or two and spares it from waiting for the GIL behind encoding
 threads; only the sink's I/O then runs in the worker thread (and small in-memory
 buffers are written inline too).
 
@@ -163,7 +163,7 @@ async def dcmwrite(
         if not _ENCODE_INLINE.get() or not is_light(dataset):
             await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
             return
-        # Light: encode right here (well under a millisecond, and no thread
+        # Light: encode right here (a millisecond or two, and no thread
         # competing with the loop for the GIL); only the sink's I/O goes to a thread.
         # One inline encode per loop turn: many writes started at once must not
         # run back to back without letting other tasks in.
