@@ -464,3 +464,69 @@ def test_file_meta_is_validated_type() -> None:
     """Sanity: the helper datasets are what the cases claim."""
     assert isinstance(datasets.ct_slice(4, 4).file_meta, FileMetaDataset)
     assert 0x00080016 in _meta_with_foreign_element().file_meta
+
+
+# ---------------------------------------------------------------------------
+# Precedence: pydicom opens a path after its dataset checks but *before* it
+# encodes the File Meta Information and the elements, so an unopenable path
+# (existing with overwrite=False, a directory, a missing parent) wins over an
+# invalid file meta or a bad element.
+
+
+def _existing(directory: Path) -> tuple[Path, dict[str, Any]]:
+    path = directory / "old.dcm"
+    path.write_bytes(OLD_CONTENT)
+    return path, {"overwrite": False}
+
+
+def _a_directory(directory: Path) -> tuple[Path, dict[str, Any]]:
+    return directory, {}
+
+
+def _missing_parent(directory: Path) -> tuple[Path, dict[str, Any]]:
+    return directory / "missing" / "x.dcm", {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="aiodicom encodes (the File Meta Information always, light datasets "
+    "entirely) before LocalFile.open, so the dataset's error wins; needs a "
+    "destination pre-check from prepare()'s on_open callback in _write.py "
+    "(e.g. a side-effect-free LocalFile.check(exist_ok))",
+)
+@pytest.mark.parametrize(
+    "make",
+    [_meta_with_foreign_element, datasets.unencapsulated_compressed],
+    ids=["invalid-file-meta", "bad-element"],
+)
+@pytest.mark.parametrize(
+    "where",
+    [_existing, _a_directory, _missing_parent],
+    ids=["existing-overwrite-false", "directory", "missing-parent"],
+)
+async def test_open_errors_precede_encoding_errors(
+    make: Callable[[], Dataset],
+    where: Callable[[Path], tuple[Path, dict[str, Any]]],
+    tmp_path: Path,
+) -> None:
+    destination, kwargs = where(tmp_path)
+    with pytest.raises(OSError, match=r"Errno") as theirs:
+        pydicom.dcmwrite(destination, make(), **kwargs)
+    with pytest.raises(Exception) as ours:  # noqa: PT011 - compared just below
+        await aiodicom.dcmwrite(destination, make(), **kwargs)
+    assert error_key(ours.value) == error_key(theirs.value)
+
+
+@pytest.mark.parametrize("where", [_existing, _a_directory, _missing_parent])
+async def test_open_errors_for_a_good_dataset(
+    where: Callable[[Path], tuple[Path, dict[str, Any]]], tmp_path: Path
+) -> None:
+    destination, kwargs = where(tmp_path)
+    with pytest.raises(OSError, match=r"Errno") as theirs:
+        pydicom.dcmwrite(destination, datasets.ct_slice(4, 4), **kwargs)
+    with pytest.raises(OSError, match=r"Errno") as ours:
+        await aiodicom.dcmwrite(destination, datasets.ct_slice(4, 4), **kwargs)
+    assert error_key(ours.value) == error_key(theirs.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (
+        ["old.dcm"] if where is _existing else []
+    )
