@@ -530,3 +530,22 @@ async def test_open_errors_for_a_good_dataset(
     assert sorted(p.name for p in tmp_path.rglob("*")) == (
         ["old.dcm"] if where is _existing else []
     )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [Options(args=(True,)), Options(kwargs=(("write_like_original", False),))],
+    ids=["positional", "keyword"],
+)
+async def test_write_like_original_under_future(
+    options: Options, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pydicom's 'future' behaviour on, write_like_original is refused outright."""
+    monkeypatch.setattr(pydicom.config, "_use_future", True)
+    expected = write_pydicom(datasets.ct_slice(4, 4), io.BytesIO(), options, bytes)
+    buffer = io.BytesIO()
+    actual = await write_aiodicom(datasets.ct_slice(4, 4), buffer, options, buffer.getvalue)
+    assert expected.error is not None
+    assert expected.error[1].startswith("'write_like_original' is no longer accepted")
+    assert_same(expected, actual, f"future {options}")
+    assert buffer.getvalue() == b""
