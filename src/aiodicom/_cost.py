@@ -2,10 +2,10 @@
 
 The driver encodes *light* datasets inline, in the event loop: pydicom's encoder
 costs about 5-10 µs per element, so a typical image takes the loop 0.3-2.5 ms (its
-Pixel Data passes through as a view, whatever its size) and, unlike an encoding thread, does not make the loop
-wait for the GIL.  Everything else (big sequences, long multi-valued elements,
-deflate, values read lazily from a file or a buffer, which means I/O) is encoded in
-a worker thread.
+Pixel Data passes through as a view, whatever its size) and, unlike an encoding
+thread, does not make the loop wait for the GIL.  Everything else (big sequences,
+long multi-valued elements, deflate, values read lazily from a file or a buffer,
+which means I/O) is encoded in a worker thread.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ the caller's buffer, untouched: pydicom would copy the value twice.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from struct import Struct
@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.fileutil import buffer_remaining, read_buffer, reset_buffer_position
 from pydicom.filewriter import (
@@ -40,7 +40,6 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
 )
-from pydicom.dataset import validate_file_meta
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 __all__ = ["Chunk", "EncodePlan", "prepare", "CHUNK_SIZE", "PASSTHROUGH_MIN"]
@@ -61,8 +60,19 @@ _DEFLATE_SLICE: Final = 1024 * 1024
 # VRs whose pydicom writer is write_OBvalue / write_OWvalue / write_UN: the value is
 # written verbatim (plus one pad byte when odd), so it may pass through untouched.
 _VERBATIM_VRS: Final = frozenset(
-    {"OB", "OD", "OF", "OL", "OW", "OV", "UN", "OB or OW", "US or OW", "US or SS or OW",
-     "US or SS"}
+    {
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OW",
+        "OV",
+        "UN",
+        "OB or OW",
+        "US or OW",
+        "US or SS or OW",
+        "US or SS",
+    }
 )
 
 _TAG = {True: Struct("<HH"), False: Struct(">HH")}
@@ -83,7 +93,7 @@ class EncodePlan:
     """Preamble, prefix and File Meta Information: everything before the dataset."""
     deflate: bool
 
-    def chunks(self) -> Iterator[Chunk]:
+    def chunks(self) -> Generator[Chunk, None, None]:
         """Yield the encoded file, in order, as ``bytes`` or ``memoryview`` chunks."""
         body = _encode_dataset(self.dataset, self.implicit_vr, self.little_endian)
         if self.deflate:
@@ -146,13 +156,9 @@ def prepare(
         file_meta = deepcopy(dataset.file_meta)
 
     tsyntax: UID | None = file_meta.get("TransferSyntaxUID", None)
-    encoding = _determine_encoding(
-        dataset, tsyntax, implicit_vr, little_endian, force_encoding
-    )
+    encoding = _determine_encoding(dataset, tsyntax, implicit_vr, little_endian, force_encoding)
     if not force_encoding and encoding == (True, False):
-        raise ValueError(
-            "Implicit VR and big endian is not a valid encoding combination"
-        )
+        raise ValueError("Implicit VR and big endian is not a valid encoding combination")
 
     preamble = getattr(dataset, "preamble", None)
     if preamble and len(preamble) != 128:
@@ -180,9 +186,14 @@ def prepare(
         if not preamble:
             preamble = b"\x00" * 128
 
-    if tsyntax and not tsyntax.is_private and tsyntax.is_transfer_syntax:
-        if "PixelData" in dataset:
-            dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
+    # PS3.5 Annex A.4: encapsulated Pixel Data has undefined length, native does not
+    if (
+        tsyntax
+        and not tsyntax.is_private
+        and tsyntax.is_transfer_syntax
+        and "PixelData" in dataset
+    ):
+        dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
 
     if on_open is not None:
         on_open(encoding)
@@ -228,9 +239,7 @@ def _deflate(body: Iterator[Chunk]) -> Iterator[Chunk]:
         yield b"\x00"
 
 
-def _encode_dataset(
-    dataset: Dataset, implicit_vr: bool, little_endian: bool
-) -> Iterator[Chunk]:
+def _encode_dataset(dataset: Dataset, implicit_vr: bool, little_endian: bool) -> Iterator[Chunk]:
     """Yield the top-level `dataset` encoded like ``pydicom.filewriter.write_dataset``.
 
     Elements go through pydicom's ``write_data_element`` into a small buffer, except
@@ -287,13 +296,11 @@ def _passthrough(
     only where the header can be derived without any of its special cases (VR
     change to UN, ambiguous VR error, 16-bit explicit length).
     """
-    vr = elem.VR
+    vr = elem.VR or ""  # a raw element read as implicit VR has none
     if not implicit_vr and vr not in EXPLICIT_VR_LENGTH_32:
         return None  # 16-bit length, VR change to UN or ambiguous VR: pydicom's job
-    if not elem.is_raw and vr not in _VERBATIM_VRS:
-        return None
 
-    if elem.is_raw:
+    if isinstance(elem, RawDataElement):
         # pydicom writes a raw value as it is, whatever its VR: no padding.
         value = elem.value
         if not isinstance(value, bytes | bytearray) or len(value) < PASSTHROUGH_MIN:
@@ -302,6 +309,8 @@ def _passthrough(
         length = len(view)
         undefined = elem.length == 0xFFFFFFFF
         pad = False
+    elif vr not in _VERBATIM_VRS:
+        return None
     elif elem.is_buffered:
         if vr == "UN":
             return None
@@ -360,7 +369,7 @@ def _buffered(elem: DataElement, implicit_vr: bool, little_endian: bool) -> Iter
 
 def _check_encapsulated(first: Any, little_endian: bool) -> None:
     # Same test and message as pydicom's write_data_element (see pydicom #238).
-    tag = b"\xFE\xFF\x00\xE0" if little_endian else b"\xFF\xFE\xE0\x00"
+    tag = b"\xfe\xff\x00\xe0" if little_endian else b"\xff\xfe\xe0\x00"
     if not first.startswith(tag):
         raise ValueError(
             "The (7FE0,0010) 'Pixel Data' element value hasn't been "
