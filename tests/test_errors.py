@@ -251,28 +251,9 @@ BAD_DESTINATIONS: list[Any] = [
     [],
     {},
     (1, 2, 3),
-    *(
-        pytest.param(
-            pair,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="aiodicom.sinks.resolve() takes any 2-tuple for (fsspec filesystem, "
-                "path) and fails with AttributeError; pydicom raises its TypeError (needs "
-                "an isinstance(fs, fsspec.AbstractFileSystem) check in sinks/__init__.py)",
-            ),
-        )
-        for pair in ((1, 2), ("a", "b"))
-    ),
-    pytest.param(
-        _ReadOnly(),
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="pydicom wraps an object with seek/tell but no write in DicomIO and "
-            "fails at the first write with \"'DicomIO' cannot be used with '<type>': "
-            'object has no write() method"; aiodicom.sinks.resolve() gives its '
-            "generic message (needs a change in sinks/__init__.py)",
-        ),
-    ),
+    (1, 2),
+    ("a", "b"),
+    _ReadOnly(),
 ]
 
 
@@ -487,13 +468,6 @@ def _missing_parent(directory: Path) -> tuple[Path, dict[str, Any]]:
     return directory / "missing" / "x.dcm", {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiodicom encodes (the File Meta Information always, light datasets "
-    "entirely) before LocalFile.open, so the dataset's error wins; needs a "
-    "destination pre-check from prepare()'s on_open callback in _write.py "
-    "(e.g. a side-effect-free LocalFile.check(exist_ok))",
-)
 @pytest.mark.parametrize(
     "make",
     [_meta_with_foreign_element, datasets.unencapsulated_compressed],

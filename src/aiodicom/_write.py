@@ -39,7 +39,7 @@ from pydicom.misc import warn_and_log
 
 from ._cost import is_light
 from ._encode import Chunk, EncodePlan, prepare
-from .sinks import AsyncSink, Bytearray, FileObject, Sink, resolve
+from .sinks import AsyncSink, Bytearray, FileObject, LocalFile, Sink, resolve
 
 __all__ = ["dcmwrite"]
 
@@ -149,6 +149,8 @@ async def dcmwrite(
                 raise bad_destination
             if isinstance(destination, DicomIO):
                 destination.is_implicit_VR, destination.is_little_endian = encoding
+            if isinstance(sink, LocalFile):
+                sink.check(exist_ok=exist_ok)  # pydicom opens its file here
 
         return prepare(
             dataset,

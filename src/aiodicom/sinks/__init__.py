@@ -68,7 +68,12 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
             return FsspecFile.from_url(path, storage_options)
         _no_storage_options(storage_options, destination)
         return LocalFile(path)
-    if isinstance(destination, tuple) and len(destination) == 2:
+    if (
+        isinstance(destination, tuple)
+        and len(destination) == 2
+        and fsspec is not None
+        and isinstance(destination[0], fsspec.AbstractFileSystem)
+    ):
         fs, path = destination
         _no_storage_options(storage_options, destination)
         return FsspecFile(fs, path)
@@ -84,6 +89,14 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
         if inspect.iscoroutinefunction(write):
             return AsyncFileObject(destination)
         return FileObject(destination)
+    if callable(getattr(destination, "seek", None)) and callable(
+        getattr(destination, "tell", None)
+    ):
+        # pydicom wraps it and fails at the first write
+        raise TypeError(
+            f"'DicomIO' cannot be used with '{type(destination).__name__}': "
+            "object has no write() method"
+        )
     raise TypeError(
         "dcmwrite: Expected a file path, file-like or writeable buffer, "
         f"but got {type(destination).__name__}"

@@ -81,19 +81,34 @@ class LocalFile:
     def __repr__(self) -> str:
         return f"LocalFile({self.path!r})"
 
-    def open(self, *, exist_ok: bool) -> _InPlaceWriter | _TempFileWriter:
+    def check(self, *, exist_ok: bool) -> None:
+        """Raise what :meth:`open` would raise for the path itself (it exists and
+        `exist_ok` is false, it is a directory, its directory is missing), creating
+        nothing.  The driver calls it where pydicom opens its file, so these errors
+        come before errors in the dataset's encoding, as in pydicom."""
+        self._inspect(exist_ok)
+
+    def _inspect(self, exist_ok: bool) -> tuple[str, os.stat_result | None]:
+        """The real target (symbolic links followed) and its status, if it exists."""
         path = self.path
         if not exist_ok and os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
         target = os.path.realpath(path) if os.path.islink(path) else path
         try:
-            st = os.stat(target)
+            st: os.stat_result | None = os.stat(target)
         except FileNotFoundError:
             st = None
+            if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
         except NotADirectoryError:  # a parent is a file: pydicom's error too
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        return target, st
+
+    def open(self, *, exist_ok: bool) -> _InPlaceWriter | _TempFileWriter:
+        path = self.path
+        target, st = self._inspect(exist_ok)
         if st is not None and not stat.S_ISREG(st.st_mode):
             return _InPlaceWriter(path)
 
