@@ -45,9 +45,9 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against pydicom.dcmwrite (not tests: numbers, not assertions)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "matplotlib")
     session.run("python", "tests/servers.py", "install")
-    session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("python", "-m", "benchmarks", *(session.posargs or ["all"]))
 
 
 @nox.session(python=PYTHON)

@@ -1,5 +1,7 @@
 """Benchmark entry point: ``python -m benchmarks [write|s3|export|all] [options]``.
 
+``python -m benchmarks chart`` redraws the chart from the existing results.
+
 Each suite measures aiodicom against its pydicom baseline in the same process run
 (alternating rounds, medians, ratios), prints the results, and writes
 ``benchmarks/results/<suite>.json``; ``all`` also draws ``benchmarks/results/summary.png``
@@ -21,6 +23,7 @@ SUITES = {
     "write": "benchmarks.bench_write",
     "s3": "benchmarks.bench_s3",
     "export": "benchmarks.bench_export",
+    "dask": "benchmarks.bench_dask",
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         module = _load(name)
         module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0]))
     sub.add_parser("all", help="every suite with its defaults")
+    sub.add_parser("chart", help="redraw benchmarks/results/summary.png")
     args = parser.parse_args(argv)
+    if args.suite == "chart":
+        from ._chart import draw
+
+        draw(RESULTS)
+        return 0
 
     names = list(SUITES) if args.suite == "all" else [args.suite]
     RESULTS.mkdir(exist_ok=True)
