@@ -108,6 +108,8 @@ class LocalFile:
 
     def open(self, *, exist_ok: bool) -> _InPlaceWriter | _TempFileWriter:
         path = self.path
+        if not path:  # as open(""): the directory part would otherwise be the cwd
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         target, st = self._inspect(exist_ok)
         if st is not None and not stat.S_ISREG(st.st_mode):
             return _InPlaceWriter(path)
