@@ -360,10 +360,18 @@ def _buffered(elem: DataElement, implicit_vr: bool, little_endian: bool) -> Iter
     length = buffer_remaining(buffer)
     yield _header(elem.tag, elem.VR, length, undefined, implicit_vr, little_endian)
     written = 0
-    with reset_buffer_position(buffer):
-        for chunk in read_buffer(buffer, chunk_size=CHUNK_SIZE):
-            written += len(chunk)
-            yield chunk
+    start = buffer.tell()
+    try:
+        with reset_buffer_position(buffer):
+            for chunk in read_buffer(buffer, chunk_size=CHUNK_SIZE):
+                written += len(chunk)
+                yield chunk
+    except GeneratorExit:
+        # The consumer stopped (the sink failed, the write was cancelled): put the
+        # caller's buffer back, so the dataset can be written again (a retry).  An
+        # error of the buffer itself propagates with the position as pydicom leaves it.
+        buffer.seek(start)
+        raise
     yield _trailer(written % 2 == 1, undefined, little_endian)
 
 

@@ -21,8 +21,10 @@ more than one chunk, which is the backpressure).  Its ``abort`` runs shielded.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
-from collections.abc import Callable, Generator, Iterable, Iterator
+import random
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from contextlib import closing, contextmanager
 from contextvars import ContextVar
 from typing import Any, Final, cast
@@ -39,7 +41,15 @@ from pydicom.misc import warn_and_log
 
 from ._cost import is_light
 from ._encode import Chunk, EncodePlan, prepare
-from .sinks import AsyncSink, Bytearray, FileObject, LocalFile, Sink, resolve
+from .sinks import (
+    AsyncSink,
+    Bytearray,
+    FileObject,
+    LocalFile,
+    RetryableError,
+    Sink,
+    resolve,
+)
 
 __all__ = ["dcmwrite"]
 
@@ -162,25 +172,59 @@ async def dcmwrite(
         )
 
     if isinstance(sink, Sink):
-        if not _ENCODE_INLINE.get() or not is_light(dataset):
-            await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
-            return
-        # Light: encode right here (a millisecond or two, and no thread
-        # competing with the loop for the GIL); only the sink's I/O goes to a thread.
-        # One inline encode per loop turn: many writes started at once must not
-        # run back to back without letting other tasks in.
-        async with _inline_lock():
-            # acquiring the lock may resume a task that was cancelled meanwhile
-            # (anyio's fast path is shielded): do not encode for nothing
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            chunks = list(plan().chunks())
-        if _in_memory(sink) and sum(len(memoryview(c)) for c in chunks) <= INLINE_BYTES:
-            _write_chunks(sink, chunks, exist_ok, check=_never_cancelled)
-        else:
-            await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok)
+        await _retrying(sink, lambda: _to_sink(sink, dataset, plan, exist_ok))
     else:
-        encoded = await anyio.to_thread.run_sync(plan)
-        await _write_async(cast(AsyncSink, sink), encoded, exist_ok)
+        await _retrying(sink, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok))
+
+
+async def _to_sink(
+    sink: Sink, dataset: Dataset, plan: Callable[[], EncodePlan], exist_ok: bool
+) -> None:
+    """One attempt at a write to a synchronous sink."""
+    if not _ENCODE_INLINE.get() or not is_light(dataset):
+        await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
+        return
+    # Light: encode right here (a millisecond or two, and no thread
+    # competing with the loop for the GIL); only the sink's I/O goes to a thread.
+    # One inline encode per loop turn: many writes started at once must not
+    # run back to back without letting other tasks in.
+    async with _inline_lock():
+        # acquiring the lock may resume a task that was cancelled meanwhile
+        # (anyio's fast path is shielded): do not encode for nothing
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        chunks = list(plan().chunks())
+    if _in_memory(sink) and sum(len(memoryview(c)) for c in chunks) <= INLINE_BYTES:
+        _write_chunks(sink, chunks, exist_ok, check=_never_cancelled)
+    else:
+        await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok)
+
+
+async def _to_async_sink(sink: AsyncSink, plan: Callable[[], EncodePlan], exist_ok: bool) -> None:
+    """One attempt at a write to an asynchronous sink."""
+    encoded = await anyio.to_thread.run_sync(plan)
+    await _write_async(sink, encoded, exist_ok)
+
+
+_BACKOFF_FIRST: Final = 0.2
+_BACKOFF_MAX: Final = 10.0
+
+
+async def _retrying(sink: Any, attempt: Callable[[], Awaitable[None]]) -> None:
+    """Run `attempt`; start over after a :class:`~aiodicom.sinks.RetryableError`,
+    up to ``sink.retries`` times, with exponential backoff and jitter."""
+    retries = max(0, int(getattr(sink, "retries", 0) or 0))
+    for number in itertools.count():
+        try:
+            await attempt()
+            return
+        except RetryableError as exc:
+            if number >= retries:
+                if exc.__cause__ is None:
+                    raise
+                raise exc.__cause__ from None
+            logger.warning("aiodicom: %s; writing it again (%d of %d)", exc, number + 1, retries)
+            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**number)
+            await anyio.sleep(delay * (0.5 + random.random()))
 
 
 _INLINE_LOCK: RunVar[anyio.Lock] = RunVar("aiodicom_inline_lock")

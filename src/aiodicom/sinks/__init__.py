@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from pydicom.filebase import DicomIO
 
-from ._base import AsyncSink, AsyncWriter, Chunk, Sink, Writer
+from ._base import AsyncSink, AsyncWriter, Chunk, RetryableError, Sink, Writer
 from .fsspec import FsspecFile
 from .local import LocalFile
 from .memory import AsyncFileObject, Bytearray, FileObject
@@ -23,6 +23,7 @@ __all__ = [
     "FileObject",
     "FsspecFile",
     "LocalFile",
+    "RetryableError",
     "Sink",
     "Writer",
     "is_url",

@@ -109,6 +109,9 @@ class AzureStore:
             return status >= 500 or status == 429
         return False
 
+    def is_session_lost(self, exc: BaseException) -> bool:
+        return False  # uncommitted blocks live for a week: nothing to lose mid-write
+
     def translate(self, exc: Exception) -> Exception:
         from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
 

@@ -24,9 +24,23 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["AsyncSink", "AsyncWriter", "Chunk", "Sink", "Writer"]
+__all__ = ["AsyncSink", "AsyncWriter", "Chunk", "RetryableError", "Sink", "Writer"]
 
 Chunk = bytes | memoryview
+
+
+class RetryableError(Exception):
+    """A writer's way to say "start the whole write over": the failure was transient
+    (it outlasted the writer's own per-request retries, or an upload session was
+    lost) and nothing was published.
+
+    The driver has already aborted the writer when it sees this; it then encodes
+    and writes the dataset again, up to the sink's ``retries`` attribute times (0
+    when the sink has none), with exponential backoff.  That is safe because
+    nothing partial is ever committed, and always possible because the dataset can
+    be encoded again (pydicom puts buffered values back where they were).  When no
+    attempt is left, the caller gets this exception's ``__cause__``.
+    """
 
 
 @runtime_checkable

@@ -130,6 +130,10 @@ class GCSStore:
 
         return bool(is_retriable(exc))
 
+    def is_session_lost(self, exc: BaseException) -> bool:
+        # a resumable session URL that answers 404 or 410 has expired
+        return getattr(exc, "code", None) in (404, 410) and self.location is not None
+
     def translate(self, exc: Exception) -> Exception:
         return exc
 

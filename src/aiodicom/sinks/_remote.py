@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol, TypeVar
 
-from ._base import Chunk
+from ._base import Chunk, RetryableError
 
 __all__ = ["Options", "_PartWriter", "_Store", "exists_error"]
 
@@ -114,6 +114,10 @@ class _Store(Protocol):
     def is_transient(self, exc: BaseException) -> bool:
         """Whether retrying the request that raised `exc` may succeed (besides
         connection errors and timeouts, which always are)."""
+
+    def is_session_lost(self, exc: BaseException) -> bool:
+        """Whether `exc` says the upload session is gone (the object can only be
+        written by starting over)."""
 
     def translate(self, exc: Exception) -> Exception:
         """The exception to show the user for a permanent error."""
@@ -225,7 +229,14 @@ class _PartWriter:
             except Exception as exc:
                 transient = isinstance(exc, _TRANSIENT) or store.is_transient(exc)
                 if attempt >= self._options.retries or not transient:
-                    raise store.translate(exc) from exc
+                    error = store.translate(exc)
+                    if not (transient or store.is_session_lost(exc)):
+                        raise error from exc
+                    # the driver may start the whole object over
+                    if error is not exc:
+                        error.__cause__ = exc
+                    name = getattr(func, "__name__", "request")
+                    raise RetryableError(f"{name} to {self._url} failed: {exc}") from error
                 delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
                 attempt += 1
                 logger.warning(

@@ -157,6 +157,9 @@ class S3Store:
             return False
         return isinstance(exc, ClientConnectionError | ClientPayloadError)
 
+    def is_session_lost(self, exc: BaseException) -> bool:
+        return _code(exc) == "NoSuchUpload"
+
     def translate(self, exc: Exception) -> Exception:
         from s3fs.errors import translate_boto_error
 

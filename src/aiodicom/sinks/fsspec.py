@@ -139,6 +139,12 @@ class FsspecFile:
         return f"FsspecFile({self.url!r})"
 
     @property
+    def retries(self) -> int:
+        """How often the driver starts the whole write over after a
+        :class:`~aiodicom.sinks.RetryableError` (the same count as per request)."""
+        return self.options.retries
+
+    @property
     def url(self) -> str:
         """The destination as a URL (as given to :meth:`from_url`, if it was)."""
         if self._url is not None:
