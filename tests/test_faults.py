@@ -897,3 +897,23 @@ async def test_cancelled_while_taking_the_inline_lock_encodes_nothing(tmp_path: 
     assert scope.cancelled_caught
     assert reads.count == 0
     assert os.listdir(tmp_path) == []
+
+
+async def test_azure_failed_block_upload_leaves_only_uncommitted_blocks(
+    azure_container: str, azure_storage_options: dict[str, Any]
+) -> None:
+    """What docs/guarantees.md says of Azure: after a failed block upload the blob
+    is neither readable nor listed; only its uncommitted blocks remain (Azure has
+    no call to drop them; the service does, at the latest after a week)."""
+    from azure.storage.blob import BlobServiceClient
+
+    target = FsspecTarget("az", azure_container, azure_storage_options, PART["az"])
+    with pytest.raises(InjectedError):
+        await aiodicom.dcmwrite(FaultySink(target.sink(), fail_at=8), chunky(5 * PART["az"] // 2))
+    assert target.content() == _ABSENT
+    assert target.leftovers() == []
+    service = BlobServiceClient.from_connection_string(azure_storage_options["connection_string"])
+    container = service.get_container_client(target.base)
+    assert [b.name for b in container.list_blobs()] == []
+    uncommitted = container.get_blob_client(target.key).get_block_list("uncommitted")[1]
+    assert uncommitted  # there, but invisible
