@@ -24,6 +24,7 @@ SUITES = {
     "s3": "benchmarks.bench_s3",
     "export": "benchmarks.bench_export",
     "dask": "benchmarks.bench_dask",
+    "soak": "benchmarks.bench_soak",
 }
 RESULTS = Path(__file__).parent / "results"
 

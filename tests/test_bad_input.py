@@ -468,10 +468,16 @@ async def test_export_rejects_bad_destinations(
     assert place.snapshot() == before
 
 
-async def test_export_bad_upload_options_fail_each_item_and_write_nothing(place: Place) -> None:
-    report = await aiodicom.export(
-        [ct_slice(8, 8)], f"{place.memory}/export", upload_options={"part_size": 0}
-    )
-    assert [item.status for item in report.items] == [aiodicom.Status.FAILED]
-    assert "part_size must be positive" in str(report.items[0].error)
+async def test_export_bad_upload_options_fail_before_anything_and_write_nothing(
+    place: Place,
+) -> None:
+    read: list[int] = []
+
+    def sources() -> Any:
+        read.append(1)
+        yield ct_slice(8, 8)
+
+    with pytest.raises(ValueError, match="part_size must be positive"):
+        await aiodicom.export(sources(), f"{place.memory}/export", upload_options={"part_size": 0})
+    assert read == []
     assert [p for p in fsspec.filesystem("memory").find(place.memory) if "export" in p] == []

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sinks import AsyncSink, AsyncWriter, Chunk, Sink, Writer, is_url, resolve
+from .sinks import AsyncSink, AsyncWriter, Chunk, FsspecFile, Sink, Writer, is_url, resolve
 
 __all__ = ["CountingAsyncSink", "CountingSink", "Root"]
 
@@ -51,6 +51,9 @@ class Root:
         location = os.fsdecode(os.fspath(destination))
         if is_url(location) and not location.startswith("file://"):
             _check_protocols(location)
+            # bad upload options fail here, once, not once per item (building a sink
+            # creates no filesystem and does no I/O)
+            FsspecFile.from_url(location, storage_options, **(upload_options or {}))
             return cls(location.rstrip("/"), False, storage_options, dict(upload_options or {}))
         if storage_options or upload_options:
             raise ValueError(
@@ -91,8 +94,6 @@ class Root:
         if self.is_local:
             inner = resolve(destination)
         else:
-            from .sinks.fsspec import FsspecFile
-
             inner = FsspecFile.from_url(destination, self.storage_options, **self.upload_options)
         if isinstance(inner, Sink):
             return CountingSink(inner)
