@@ -730,9 +730,11 @@ async def test_cancel_export_at_growing_deadlines(tmp_path: Path, target_kind: s
             )
         what = f"export {target_kind}, deadline {deadline * 1000:.1f} ms"
         # prompt: at most the item in hand is pulled, and each item in flight
-        # reads at most the value in hand, once the export is cancelled
+        # stops at its next chunk: cancellation is checked once per chunk handed to
+        # the sink, and getting there may take two reads (the EOF read of the value
+        # in hand, then the first read of the next value, which is the next chunk)
         assert len(pulled_after_cancel) <= 1, what
-        assert reads.after_cancel <= concurrency, what
+        assert reads.after_cancel <= 2 * concurrency, what
         files = sorted(fs.ls(root, detail=False)) if fs.exists(root) else []
         names = [f.rsplit("/", 1)[-1] for f in files]
         # every file there is whole; nothing else (no temporary files)

@@ -67,7 +67,8 @@ async def test_soak_small_writes_stable(kind: str, tmp_path: Path) -> None:
     base_rss, base_fds, base_threads = rss(), fds(), threading.active_count()
     await run(WARM_UP, WARM_UP + WRITES)
     gc.collect()
-    assert fds() == base_fds
+    # no growth (earlier tests' sockets may be collected meanwhile: fewer is fine)
+    assert fds() <= base_fds
     assert threading.active_count() <= base_threads + 1
     assert rss() - base_rss < RSS_SLACK
     if kind == "local":

@@ -367,7 +367,7 @@ async def test_failure_part_way_leaves_nothing(
     assert source.reads >= fail_at
     assert _after(dest, target, tmp_path) == before
     assert [n for n in listing(tmp_path) if "aiodicom" in n] == []
-    assert open_fds() == fds
+    assert open_fds() <= fds  # no growth; a GC may close an earlier test's socket
 
 
 @pytest.mark.parametrize("dest", DESTINATIONS, ids=repr)
@@ -388,7 +388,7 @@ async def test_cancellation_part_way_leaves_nothing(
     assert source.reads <= cancel_at + 2
     assert _after(dest, target, tmp_path) == before
     assert [n for n in listing(tmp_path) if "aiodicom" in n] == []
-    assert open_fds() == fds
+    assert open_fds() <= fds  # no growth; a GC may close an earlier test's socket
 
 
 @pytest.mark.parametrize("deadline", [0.0, 0.001, 0.01, 0.05])
