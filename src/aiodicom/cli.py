@@ -382,44 +382,29 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         elif progress.item.status is Status.FAILED and not args.dry_run:
             print(failure_line(progress.item), file=sys.stderr)
 
+    # the same options for one process and for Dask
+    options: dict[str, Any] = {
+        "template": template,
+        "concurrency": args.concurrency,
+        "exist_ok": not args.no_clobber,
+        "skip_existing": args.skip_existing,
+        "storage_options": storage_options,
+        "source_storage_options": source_options,
+        "force": args.force,
+        "enforce_file_format": args.enforce_file_format,
+        "dry_run": args.dry_run,
+        "fail_fast": args.fail_fast,
+        "progress": on_progress,
+    }
+
     async def run() -> ExportReport:
-        return await export(
-            sources,
-            destination,
-            template=template,
-            concurrency=args.concurrency,
-            exist_ok=not args.no_clobber,
-            skip_existing=args.skip_existing,
-            storage_options=storage_options,
-            source_storage_options=source_options,
-            force=args.force,
-            enforce_file_format=args.enforce_file_format,
-            dry_run=args.dry_run,
-            fail_fast=args.fail_fast,
-            progress=on_progress,
-            total=total,
-        )
+        return await export(sources, destination, total=total, **options)
 
     def run_on_dask() -> ExportReport:
         from .dask import export as dask_export
 
         with _dask_client(args.dask_scheduler) as client:
-            return dask_export(
-                sources,
-                destination,
-                client=client,
-                template=template,
-                concurrency=args.concurrency,
-                exist_ok=not args.no_clobber,
-                skip_existing=args.skip_existing,
-                storage_options=storage_options,
-                source_storage_options=source_options,
-                force=args.force,
-                enforce_file_format=args.enforce_file_format,
-                dry_run=args.dry_run,
-                fail_fast=args.fail_fast,
-                progress=on_progress,
-            )
+            return dask_export(sources, destination, client=client, **options)
 
     on_dask = getattr(args, "dask", False) or getattr(args, "dask_scheduler", None) is not None
     started = time.perf_counter()
