@@ -12,8 +12,9 @@ Destinations: a local folder, and a bucket on a local S3 server (moto, started
 here; the pydicom baselines write into a BytesIO, then s3fs ``pipe_file``).
 
 Every method runs in its own fresh Python process, so its peak memory is its own:
-the report gives the peak RSS (``ru_maxrss``) and the peak above the RSS the
-process had just before the export started (imports done, nothing read yet).
+the report gives the peak RSS (``VmHWM``: ``ru_maxrss`` would carry over the
+parent's peak across fork and exec) and the peak above the RSS the process had
+just before the export started (imports done, nothing read yet).
 Rounds alternate the order of the methods; times are medians.
 
 Run: ``python benchmarks/bench_export.py`` (or ``python -m benchmarks export``);
@@ -27,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -92,10 +92,11 @@ def make_sources(folder: Path, count: int) -> int:
 # --------------------------------------------------------- one method, one process
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
+    """Resident memory now (``VmRSS``) or at its peak since exec (``VmHWM``)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -171,7 +172,7 @@ def child(args: argparse.Namespace) -> None:
             raise SystemExit(f"export failed: {report.failures[:3]}")
         written = report.written
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _rss("VmHWM")
     print(json.dumps({"seconds": seconds, "written": written, "peak_rss": peak, "base_rss": base}))
 
 
