@@ -81,17 +81,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    import anyio as _anyio
-    import pydicom
-
-    import aiodicom
+    from importlib.metadata import version
 
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "pydicom": pydicom.__version__,
-        "anyio": _anyio.__version__ if hasattr(_anyio, "__version__") else "?",
-        "aiodicom": aiodicom.__version__,
+        **{name: version(name) for name in ("aiodicom", "pydicom", "anyio", "fsspec")},
         "load_average": os.getloadavg(),
     }
