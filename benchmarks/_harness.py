@@ -17,6 +17,16 @@ import anyio
 MiB = 1024 * 1024
 
 
+def rss(field: str = "VmRSS") -> int:
+    """Resident memory in bytes: now (``VmRSS``) or this process's peak since exec
+    (``VmHWM``; ``ru_maxrss`` would carry a parent's peak over fork and exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def alternate(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
     """Run every case once per round, rotating the order each round (A/B/C, B/C/A...),
     so that drift of a shared, noisy machine hits every case alike."""

@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._harness import rss  # noqa: E402
+
 MiB = 1024 * 1024
 METHODS = ("pydicom-loop", "pydicom-threads16", "aiodicom.export")
 TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
@@ -92,15 +94,6 @@ def make_sources(folder: Path, count: int) -> int:
 # --------------------------------------------------------- one method, one process
 
 
-def _rss(field: str = "VmRSS") -> int:
-    """Resident memory now (``VmRSS``) or at its peak since exec (``VmHWM``)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _destination(root: str, ds: Any) -> str:
     return f"{root}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
 
@@ -147,7 +140,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         one = _pydicom_s3(args.dst, options) if options else _pydicom_local(args.dst)
 
-    base = _rss()
+    base = rss()
     start = time.perf_counter()
     if args.method == "pydicom-loop":
         for path in sources:
@@ -172,7 +165,7 @@ def child(args: argparse.Namespace) -> None:
             raise SystemExit(f"export failed: {report.failures[:3]}")
         written = report.written
     seconds = time.perf_counter() - start
-    peak = _rss("VmHWM")
+    peak = rss("VmHWM")
     print(json.dumps({"seconds": seconds, "written": written, "peak_rss": peak, "base_rss": base}))
 
 

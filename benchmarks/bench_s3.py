@@ -38,7 +38,7 @@ from tests import servers  # noqa: E402  (sets AWS_DEFAULT_REGION before s3fs lo
 
 import aiodicom  # noqa: E402
 from aiodicom.sinks.fsspec import FsspecFile  # noqa: E402
-from benchmarks._harness import MiB, alternate, median, peak_extra_memory  # noqa: E402
+from benchmarks._harness import MiB, alternate, median, peak_extra_memory, rss  # noqa: E402
 
 
 def ct(rows: int = 512, columns: int = 512, frames: int | None = None, seed: int = 0) -> Dataset:
@@ -67,23 +67,15 @@ def ct(rows: int = 512, columns: int = 512, frames: int | None = None, seed: int
     return ds
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _peak_rss_extra(fn: Any) -> tuple[int, float]:
     """(peak RSS above the start, seconds) while `fn` runs, sampled every 5 ms."""
-    base = _rss()
+    base = rss()
     peak = [base]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
+            peak[0] = max(peak[0], rss())
             time.sleep(0.005)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -28,13 +28,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import aiodicom
+from benchmarks._harness import rss
 
 MiB = 1024 * 1024
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _fds() -> int:
@@ -76,14 +72,14 @@ async def _soak(kind: str, destination: Callable[[int], Any], writes: int) -> di
     for i in range(warm):
         await aiodicom.dcmwrite(destination(i), ds)
     gc.collect()
-    start_rss, start_fds, start_threads = _rss(), _fds(), threading.active_count()
+    start_rss, start_fds, start_threads = rss(), _fds(), threading.active_count()
     samples = []
     step = max(1, writes // 10)
     started = time.perf_counter()
     for i in range(writes):
         await aiodicom.dcmwrite(destination(i), ds)
         if (i + 1) % step == 0:
-            samples.append({"writes": i + 1, "rss_mib": round(_rss() / MiB, 1), "fds": _fds()})
+            samples.append({"writes": i + 1, "rss_mib": round(rss() / MiB, 1), "fds": _fds()})
     seconds = time.perf_counter() - started
     gc.collect()
     return {
@@ -92,8 +88,8 @@ async def _soak(kind: str, destination: Callable[[int], Any], writes: int) -> di
         "seconds": round(seconds, 3),
         "writes_per_second": round(writes / seconds),
         "rss_mib_start": round(start_rss / MiB, 1),
-        "rss_mib_end": round(_rss() / MiB, 1),
-        "rss_growth_kib": round((_rss() - start_rss) / 1024),
+        "rss_mib_end": round(rss() / MiB, 1),
+        "rss_growth_kib": round((rss() - start_rss) / 1024),
         "fds_start": start_fds,
         "fds_end": _fds(),
         "threads_start": start_threads,

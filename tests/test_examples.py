@@ -26,6 +26,7 @@ from pydicom import examples
 from pydicom.dataset import Dataset
 
 import aiodicom
+from tests.test_write import FailingFile
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -54,33 +55,6 @@ def leaves(exc: BaseException) -> Iterator[BaseException]:
     else:
         for e in inner:
             yield from leaves(e)
-
-
-class FailingReader(io.BufferedIOBase):
-    """A Pixel Data value read from a file that fails on the `fail_at`-th read."""
-
-    def __init__(self, data: bytes, fail_at: int) -> None:
-        self._raw = io.BytesIO(data)
-        self._reads = 0
-        self._fail_at = fail_at
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def read(self, size: int | None = -1) -> bytes:
-        self._reads += 1
-        if self._reads == self._fail_at:
-            raise OSError("disk on fire")
-        return self._raw.read(size)
 
 
 def big_ct(pixel_data: Any) -> Dataset:
@@ -300,7 +274,7 @@ async def test_checksum_sink_large_pixel_data_and_failures(tmp_path: Path) -> No
     assert sink.hexdigest is None
     # a write failing part-way: no digest, file untouched, no temporary file
     with pytest.raises(OSError, match="disk on fire"):
-        await aiodicom.dcmwrite(sink, big_ct(FailingReader(pixels, fail_at=3)))
+        await aiodicom.dcmwrite(sink, big_ct(FailingFile(pixels, fail_at=3)))
     assert sink.hexdigest is None
     assert path.read_bytes() == old
     assert os.listdir(tmp_path) == ["big.dcm"]
@@ -330,7 +304,7 @@ async def test_socket_sink_receiver_drops_a_failed_write() -> None:
         tg.start_soon(serve_two)
         sink = socket_sink.SocketSink("127.0.0.1", port)
         with pytest.raises(OSError, match="disk on fire"):
-            await aiodicom.dcmwrite(sink, big_ct(FailingReader(pixels, fail_at=3)))
+            await aiodicom.dcmwrite(sink, big_ct(FailingFile(pixels, fail_at=3)))
         await aiodicom.dcmwrite(sink, big_ct(pixels))
     assert received == [None, pydicom_bytes(big_ct(pixels))]
 
