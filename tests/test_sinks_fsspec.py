@@ -219,22 +219,28 @@ async def test_exclusive_multipart_race_on_azure(
     """Azurite enforces If-None-Match on Put Block List atomically (moto and
     fake-gcs-server do not, for multipart; real S3 and GCS do)."""
     remote = Remote("az", azure_container, azure_storage_options, 64 * KiB)
-    results: list[bool] = []
-
-    async def writer(i: int) -> None:
+    datasets = []
+    for i in range(16):
         ds = multiframe(200 * KiB)
         ds.PatientName = f"Writer^{i}"
+        datasets.append(ds)
+    winners: list[int] = []
+    losers: list[int] = []
+
+    async def writer(i: int) -> None:
         try:
-            await aiodicom.dcmwrite(remote.sink("race.dcm"), ds, exist_ok=False)
+            await aiodicom.dcmwrite(remote.sink("race.dcm"), datasets[i], exist_ok=False)
         except FileExistsError:
-            results.append(False)
+            losers.append(i)
         else:
-            results.append(True)
+            winners.append(i)
 
     async with anyio.create_task_group() as tg:
-        for i in range(8):
+        for i in range(16):
             tg.start_soon(writer, i)
-    assert sorted(results) == [False] * 7 + [True]
+    assert len(winners) == 1
+    assert len(losers) == 15
+    assert remote.read("race.dcm") == reference(datasets[winners[0]])
 
 
 def _fail_after(limit: int) -> Callable[[int], None]:
