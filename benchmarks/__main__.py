@@ -14,10 +14,9 @@ import argparse
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from ._harness import machine
+from ._harness import RESULTS, save_result
 
 SUITES = {
     "write": "benchmarks.bench_write",
@@ -26,7 +25,6 @@ SUITES = {
     "dask": "benchmarks.bench_dask",
     "soak": "benchmarks.bench_soak",
 }
-RESULTS = Path(__file__).parent / "results"
 
 
 def _load(name: str) -> Any:
@@ -49,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     names = list(SUITES) if args.suite == "all" else [args.suite]
-    RESULTS.mkdir(exist_ok=True)
     for name in names:
         module = _load(name)
         suite_args = args
@@ -58,14 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             module.add_arguments(sub_parser)
             suite_args = sub_parser.parse_args([])
         print(f"== {name} ==", flush=True)
-        result = {
-            "machine": machine(),
-            "args": vars(suite_args),
-            "results": module.run(suite_args),
-        }
-        out = RESULTS / f"{name}.json"
-        out.write_text(json.dumps(result, indent=2, default=str))
-        print(json.dumps(result["results"], indent=2, default=_short))
+        results = module.run(suite_args)
+        out = save_result(name, suite_args, results)
+        print(json.dumps(results, indent=2, default=_short))
         print(f"-> {out}")
     if args.suite == "all":
         from ._chart import draw

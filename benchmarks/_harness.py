@@ -4,12 +4,15 @@ peak extra memory, event-loop stalls.  Numbers, never assertions."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import statistics
 import time
 import tracemalloc
+from argparse import Namespace
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -100,3 +103,16 @@ def machine() -> dict[str, Any]:
         **{name: version(name) for name in ("aiodicom", "pydicom", "anyio", "fsspec")},
         "load_average": os.getloadavg(),
     }
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def save_result(suite: str, args: Namespace, results: Any) -> Path:
+    """Write ``benchmarks/results/<suite>.json``: the machine, the arguments and
+    the results, as every suite records them."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{suite}.json"
+    record = {"machine": machine(), "args": vars(args), "results": results}
+    out.write_text(json.dumps(record, indent=2, default=str))
+    return out

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shutil
 import statistics
@@ -167,14 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    from benchmarks._harness import machine
+    from benchmarks._harness import save_result
 
-    result = {"machine": machine(), "args": vars(args), "results": run(args)}
-    _print_table(result["results"])
-    out = ROOT / "benchmarks" / "results" / "dask.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {os.path.relpath(out)}")
+    results = run(args)
+    _print_table(results)
+    print(f"wrote {os.path.relpath(save_result('dask', args, results))}")
     return 0
 
 

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._harness import rss  # noqa: E402
+from benchmarks._harness import rss, save_result  # noqa: E402
 
 MiB = 1024 * 1024
 METHODS = ("pydicom-loop", "pydicom-threads16", "aiodicom.export")
@@ -343,13 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         args.method = args.child
         child(args)
         return 0
-    from benchmarks._harness import machine
-
-    result = {"machine": machine(), "args": vars(args), "results": run(args)}
-    out = ROOT / "benchmarks" / "results" / "export.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"-> {out}")
+    print(f"-> {save_result('export', args, run(args))}")
     return 0
 
 

@@ -38,7 +38,14 @@ from tests import servers  # noqa: E402  (sets AWS_DEFAULT_REGION before s3fs lo
 
 import aiodicom  # noqa: E402
 from aiodicom.sinks.fsspec import FsspecFile  # noqa: E402
-from benchmarks._harness import MiB, alternate, median, peak_extra_memory, rss  # noqa: E402
+from benchmarks._harness import (  # noqa: E402
+    MiB,
+    alternate,
+    median,
+    peak_extra_memory,
+    rss,
+    save_result,
+)
 
 
 def ct(rows: int = 512, columns: int = 512, frames: int | None = None, seed: int = 0) -> Dataset:
@@ -226,18 +233,10 @@ def _print_table(many: dict[str, Any], large: dict[str, Any], count: int, big_mi
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone run: the same numbers and JSON as ``python -m benchmarks s3``."""
-    import json
-
-    from benchmarks._harness import machine
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    result = {"machine": machine(), "args": vars(args), "results": run(args)}
-    out = ROOT / "benchmarks" / "results" / "s3.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"-> {out}")
+    print(f"-> {save_result('s3', args, run(args))}")
     return 0
 
 
