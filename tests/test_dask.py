@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileDataset
 
 import aiodicom
 from aiodicom import dask as aiodask
-from aiodicom.export import DuplicateDestinationError, ExportProgress, Status, TemplateError
+from aiodicom import DuplicateDestinationError, ExportProgress, Status, TemplateError
 from tests import datasets
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -262,7 +262,7 @@ def test_sources_travel_as_references_and_are_read_on_the_workers(
 ) -> None:
     import s3fs
 
-    from aiodicom._dask_plan import plan
+    from aiodicom.dask._plan import plan
 
     expected = write_sources(tmp_path / "in", 5)
     fs = s3fs.S3FileSystem(**s3_storage_options)

@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileDataset
 
-from aiodicom.export import (
+from aiodicom import (
     DuplicateDestinationError,
     ExportProgress,
     NamingError,

@@ -887,18 +887,18 @@ async def test_cancelled_while_taking_the_inline_lock_encodes_nothing(
     """Light datasets are encoded in the loop, one at a time (a lock).  A write
     cancelled just as it takes the lock (anyio's fast path resumes it shielded)
     must not encode the dataset before it stops."""
-    import aiodicom._encode
-    from aiodicom._cost import is_light
-    from aiodicom._write import _inline_lock
+    import aiodicom._core.encode
+    from aiodicom._core import is_light
+    from aiodicom._driver import _inline_lock
 
     encoded: list[int] = []
-    real = aiodicom._encode.write_data_element
+    real = aiodicom._core.encode.write_data_element
 
     def counting(*args: Any, **kwargs: Any) -> None:
         encoded.append(1)
         real(*args, **kwargs)
 
-    monkeypatch.setattr(aiodicom._encode, "write_data_element", counting)
+    monkeypatch.setattr(aiodicom._core.encode, "write_data_element", counting)
     ds = ct_slice(8, 8)
     assert is_light(ds)
     lock = _inline_lock()

@@ -1,15 +1,25 @@
-"""Sinks: where encoded DICOM goes.  See :mod:`aiodicom.sinks._base` for the protocol."""
+"""Sinks: where encoded DICOM goes.
+
+The protocol (:class:`Sink`, :class:`Writer`, :class:`AsyncSink`,
+:class:`AsyncWriter` and the optional capabilities) is in ``_protocol``; what
+turns a destination into a sink is :func:`resolve`.  One module per kind of
+destination: :mod:`~aiodicom.sinks.local`, :mod:`~aiodicom.sinks.memory`,
+:mod:`~aiodicom.sinks.fsspec` (object stores through ``_stores``).
+"""
 
 from __future__ import annotations
 
-import inspect
-import os
-import sys
-from typing import Any, cast
-
-from pydicom.filebase import DicomIO
-
-from ._base import AsyncSink, AsyncWriter, Chunk, RetryableError, Sink, Writer
+from ._protocol import (
+    AsyncSink,
+    AsyncWriter,
+    Capabilities,
+    Chunk,
+    RetryableError,
+    Sink,
+    Writer,
+    capabilities,
+)
+from ._resolve import is_url, resolve
 from .fsspec import FsspecFile
 from .local import LocalFile
 from .memory import AsyncFileObject, Bytearray, FileObject
@@ -19,6 +29,7 @@ __all__ = [
     "AsyncSink",
     "AsyncWriter",
     "Bytearray",
+    "Capabilities",
     "Chunk",
     "FileObject",
     "FsspecFile",
@@ -26,87 +37,21 @@ __all__ = [
     "RetryableError",
     "Sink",
     "Writer",
+    "capabilities",
     "is_url",
     "resolve",
 ]
 
-
-def is_url(path: str) -> bool:
-    """``True`` for an fsspec URL (``s3://...``, ``memory://...``, ``a::b://...``)."""
-    head, sep, _ = path.partition("://")
-    return bool(sep) and bool(head) and "/" not in head and "\\" not in head
-
-
-def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> Sink | AsyncSink:
-    """Turn what the user passed as a destination into a sink.
-
-    Parameters
-    ----------
-    destination
-        A :class:`Sink` or :class:`AsyncSink`; a local path (``str``, ``bytes``,
-        ``os.PathLike``); an fsspec URL (``str``); an ``(fsspec filesystem, path)``
-        pair; a ``bytearray``; a synchronous file object (anything with ``write``);
-        or an asynchronous one (``write`` is a coroutine function).
-    storage_options : dict, optional
-        Options for the fsspec filesystem of a URL destination.
-
-    Raises
-    ------
-    TypeError
-        For anything that cannot be written to (pydicom's message).
-    ValueError
-        For `storage_options` with a destination that is not an fsspec URL.
-    """
-    fsspec = sys.modules.get("fsspec")
-    if fsspec is not None and isinstance(destination, fsspec.AbstractFileSystem):
-        raise TypeError(
-            "dcmwrite: an fsspec filesystem needs a path too: pass "
-            "(filesystem, path) as the destination"
-        )
-    if isinstance(destination, str | bytes | os.PathLike):
-        path = os.fspath(destination)
-        if isinstance(path, str) and is_url(path):
-            return FsspecFile.from_url(path, storage_options)
-        _no_storage_options(storage_options, destination)
-        return LocalFile(path)
-    if (
-        isinstance(destination, tuple)
-        and len(destination) == 2
-        and fsspec is not None
-        and isinstance(destination[0], fsspec.AbstractFileSystem)
-    ):
-        fs, path = destination
-        _no_storage_options(storage_options, destination)
-        return FsspecFile(fs, path)
-    _no_storage_options(storage_options, destination)
-    if isinstance(destination, Sink | AsyncSink) and not hasattr(destination, "write"):
-        return destination
-    if isinstance(destination, bytearray):
-        return Bytearray(destination)
-    if isinstance(destination, DicomIO):
-        return FileObject(cast(Any, destination.parent))
-    write = getattr(destination, "write", None)
-    if callable(write):
-        if inspect.iscoroutinefunction(write):
-            return AsyncFileObject(destination)
-        return FileObject(destination)
-    if callable(getattr(destination, "seek", None)) and callable(
-        getattr(destination, "tell", None)
-    ):
-        # pydicom wraps it and fails at the first write
-        raise TypeError(
-            f"'DicomIO' cannot be used with '{type(destination).__name__}': "
-            "object has no write() method"
-        )
-    raise TypeError(
-        "dcmwrite: Expected a file path, file-like or writeable buffer, "
-        f"but got {type(destination).__name__}"
-    )
-
-
-def _no_storage_options(storage_options: dict[str, Any] | None, destination: Any) -> None:
-    if storage_options:
-        raise ValueError(
-            "'storage_options' is only for fsspec URL destinations, "
-            f"not for {type(destination).__name__}"
-        )
+# Public names defined in private modules say where users import them from.
+for _name in (
+    "AsyncSink",
+    "AsyncWriter",
+    "Capabilities",
+    "Sink",
+    "Writer",
+    "capabilities",
+    "is_url",
+    "resolve",
+):
+    globals()[_name].__module__ = __name__
+del _name

@@ -6,7 +6,7 @@ driver calls in a worker thread.  What happens then depends on the filesystem:
 
 * S3 (s3fs), GCS (gcsfs), Azure Blob (adlfs): a streaming upload with bounded
   memory, the store's own atomic exclusive create, retries, and nothing left
-  behind on failure (see ``_remote``, ``_s3``, ``_gcs``, ``_azure``).
+  behind on failure (see ``_stores``: the uploader and one adapter per store).
 * ``memory://``: written to a private buffer, published with an atomic
   ``dict.setdefault`` (exclusive) or assignment at commit.
 * ``file://`` (and ``LocalFileSystem``): the :class:`~aiodicom.sinks.LocalFile`
@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Final
 
-from ._base import Chunk, Writer
-from ._remote import Options, _PartWriter, _Store, exists_error
+from .._errors import exists_error
+from ._protocol import Chunk, Writer
+from ._stores._uploader import Options, PartWriter, Store
 
 __all__ = ["DEFAULT_PART_SIZE", "FsspecFile"]
 
@@ -101,6 +102,8 @@ class FsspecFile:
             raise ValueError(f"retries must not be negative, not {retries}")
         self._fs = fs
         self.path = path
+        """The path as given (a URL for :meth:`from_url`); never changes."""
+        self._fs_path: str | None = None  # the path on the filesystem, once it exists
         self._url: str | None = None
         self._storage_options: dict[str, Any] = {}
         self.options = Options(
@@ -156,18 +159,22 @@ class FsspecFile:
 
     def filesystem(self) -> tuple[Any, str]:
         """The filesystem and the path on it; creates the filesystem (blocking)."""
-        if self._fs is None:
-            from fsspec.core import url_to_fs
+        if self._fs_path is None:
+            if self._fs is None:
+                from fsspec.core import url_to_fs
 
-            self._fs, self.path = url_to_fs(self.url, **self._storage_options)
-        return self._fs, self._fs._strip_protocol(self.path)
+                self._fs, path = url_to_fs(self.url, **self._storage_options)
+            else:
+                path = self.path
+            self._fs_path = self._fs._strip_protocol(path)
+        return self._fs, self._fs_path
 
     def open(self, *, exist_ok: bool) -> Writer:
         """Start a write (in a worker thread): see :class:`~aiodicom.sinks.Sink`."""
         fs, path = self.filesystem()
-        store = _object_store(fs, path, self.options)
+        store = _object_store(fs, path, self.url, self.options)
         if store is not None:
-            return _PartWriter(store, self.url, exist_ok, self.options)
+            return PartWriter(store, self.url, exist_ok, self.options)
         if _is_instance(fs, "fsspec.implementations.memory", "MemoryFileSystem"):
             return _MemoryWriter(fs, path, self.url, exist_ok)
         if _is_instance(fs, "fsspec.implementations.local", "LocalFileSystem"):
@@ -181,19 +188,19 @@ class FsspecFile:
 
 
 _STORES: Final = (
-    ("s3fs", "S3FileSystem", "._s3", "S3Store"),
-    ("gcsfs", "GCSFileSystem", "._gcs", "GCSStore"),
-    ("adlfs", "AzureBlobFileSystem", "._azure", "AzureStore"),
+    ("s3fs", "S3FileSystem", "._stores.s3", "S3Store"),
+    ("gcsfs", "GCSFileSystem", "._stores.gcs", "GCSStore"),
+    ("adlfs", "AzureBlobFileSystem", "._stores.azure", "AzureStore"),
 )
 
 
-def _object_store(fs: Any, path: str, options: Options) -> _Store | None:
+def _object_store(fs: Any, path: str, url: str, options: Options) -> Store | None:
     import importlib
 
     for module, cls, adapter, store in _STORES:
         if _is_instance(fs, module, cls):
             store_cls = getattr(importlib.import_module(adapter, __package__), store)
-            result: _Store = store_cls(fs, path, options)
+            result: Store = store_cls(fs, path, url, options)
             return result
     return None
 

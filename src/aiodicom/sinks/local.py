@@ -23,11 +23,12 @@ import stat
 import tempfile
 from typing import Final
 
-from ._base import Chunk
+from .._core.rules import Chunk
 
-__all__ = ["LocalFile"]
+__all__ = ["TEMP_SUFFIX", "LocalFile"]
 
-_TEMP_SUFFIX: Final = ".aiodicom-tmp"
+TEMP_SUFFIX: Final = ".aiodicom-tmp"
+"""The suffix of temporary files not published yet (export never reads them)."""
 _TEMP_NAME_MAX: Final = 64  # bytes of the target's name kept in the temp name
 
 
@@ -117,7 +118,7 @@ class LocalFile:
         directory, name = os.path.split(os.path.abspath(target))
         try:
             fd, temp = tempfile.mkstemp(
-                prefix=_temp_prefix(name), suffix=_TEMP_SUFFIX, dir=directory
+                prefix=_temp_prefix(name), suffix=TEMP_SUFFIX, dir=directory
             )
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None

@@ -14,11 +14,14 @@ written before the failure: there is no way to take bytes back from it.
 from __future__ import annotations
 
 import io
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
-from ._base import Chunk
+from .._core.rules import Chunk
 
 __all__ = ["AsyncFileObject", "Bytearray", "FileObject"]
+
+INLINE_WRITE_LIMIT: Final = 4 * 1024 * 1024
+"""In-memory destinations are written in the event loop up to this size (a memcpy)."""
 
 
 class _Writable(Protocol):
@@ -27,6 +30,9 @@ class _Writable(Protocol):
 
 class Bytearray:
     """Append to a ``bytearray``; cut back to its old length on failure."""
+
+    inline_write_limit = INLINE_WRITE_LIMIT
+    """Appending is a memory copy: small writes are done in the event loop."""
 
     def __init__(self, buffer: bytearray) -> None:
         self.buffer = buffer
@@ -112,6 +118,12 @@ class FileObject:
 
     def __repr__(self) -> str:
         return f"FileObject({self.fileobj!r})"
+
+    @property
+    def inline_write_limit(self) -> int:
+        """A ``BytesIO`` is written with memory copies: small writes are done in
+        the event loop.  Any other file object may block."""
+        return INLINE_WRITE_LIMIT if isinstance(self.fileobj, io.BytesIO) else 0
 
     def open(self, *, exist_ok: bool) -> _FileObjectWriter:
         return _FileObjectWriter(self.fileobj)

@@ -20,12 +20,12 @@ import anyio.to_thread
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from .sinks import is_url
+from ..sinks import is_url
+from ..sinks.local import TEMP_SUFFIX
 
-__all__ = ["Source", "iter_sources", "read_source"]
+__all__ = ["Source", "count_local", "iter_sources", "read_source"]
 
 _BATCH: Final = 256
-_TEMP_SUFFIX: Final = ".aiodicom-tmp"  # aiodicom's own unpublished files
 _END: Final = object()
 
 Kind = Literal["dataset", "path", "url", "file", "error"]
@@ -167,7 +167,7 @@ def _walk(top: str) -> Iterator[Source]:
             yield Source(error.filename or top, "error", error)
         errors.clear()
         for name in sorted(files):
-            if not name.endswith(_TEMP_SUFFIX):
+            if not name.endswith(TEMP_SUFFIX):
                 full = os.path.join(folder, name)
                 yield Source(full, "path", full)
     for error in errors:
@@ -212,3 +212,24 @@ def read_source(source: Source, *, force: bool, defer_size: int | None = None) -
         fs, path = value
         return dcmread(io.BytesIO(fs.cat_file(path)), force=force)
     return dcmread(value, force=force)
+
+
+def count_local(sources: list[str]) -> int | None:
+    """How many files the local sources hold (for the ETA); ``None`` with URLs."""
+    total = 0
+    for source in sources:
+        if is_url(source) and not source.startswith("file://"):
+            return None
+        path = source.removeprefix("file://")
+        matches = (
+            glob.glob(path, recursive=True)
+            if not os.path.lexists(path) and glob.has_magic(path)
+            else [path]
+        )
+        for match in matches:
+            if os.path.isdir(match):
+                for _, _, files in os.walk(match):
+                    total += sum(1 for name in files if not name.endswith(TEMP_SUFFIX))
+            else:
+                total += 1
+    return total

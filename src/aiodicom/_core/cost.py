@@ -17,15 +17,13 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from ._encode import PASSTHROUGH_MIN
+from .rules import PASSTHROUGH_MIN, VERBATIM_VRS
 
 __all__ = ["is_light"]
 
 INLINE_BUDGET: Final = 250
 """Cost units (about one element each, 5-10 µs of pydicom's encoder) allowed inline:
 a few milliseconds at most, within the loop-latency target (p99 <= 5 ms)."""
-
-_VERBATIM: Final = frozenset({"OB", "OD", "OF", "OL", "OW", "OV", "UN", "OB or OW", "US or OW"})
 
 
 def is_light(dataset: Dataset, budget: int = INLINE_BUDGET) -> bool:
@@ -53,7 +51,7 @@ def _cost(elem: DataElement | RawDataElement, stack: list[Dataset]) -> int | Non
     if isinstance(elem, RawDataElement):
         if value is None:
             return None if elem.length else 1  # deferred read: file I/O
-        if len(value) >= PASSTHROUGH_MIN and elem.VR in _VERBATIM:
+        if len(value) >= PASSTHROUGH_MIN and elem.VR in VERBATIM_VRS:
             return 1
         return 1 + len(value) // 1024  # may need parsing (new encoding or charset)
     if elem.is_buffered:
@@ -67,7 +65,7 @@ def _cost(elem: DataElement | RawDataElement, stack: list[Dataset]) -> int | Non
         return 1 + len(value) // 4096
     if isinstance(value, bytes | bytearray | memoryview):
         size = memoryview(value).nbytes
-        if size >= PASSTHROUGH_MIN and elem.VR in _VERBATIM:
+        if size >= PASSTHROUGH_MIN and elem.VR in VERBATIM_VRS:
             return 1
         return 1 + size // 16384
     return 1

@@ -18,29 +18,48 @@ There are two flavours, like httpx's sync and async transports:
 Chunks are ``bytes`` or ``memoryview`` (often slices of the caller's Pixel Data).
 A writer may take ``len()`` of a chunk and write it; if it must keep it beyond the
 call it must copy it, since the caller may change its buffer after the write.
+
+Optional capabilities
+---------------------
+A sink may also have any of these attributes; the driver reads them through
+:func:`capabilities` (and nothing else: it never tests for concrete sink classes),
+so a sink you write can opt into each of them:
+
+``check(*, exist_ok)``
+    A pre-flight check, called where :func:`pydicom.dcmwrite` opens its file:
+    after the dataset has passed pydicom's checks, before encoding.  Raise what
+    :meth:`Sink.open` would raise for the destination itself (it exists and
+    `exist_ok` is false, its folder is missing...), creating nothing.  So a bad
+    destination is reported before an error in the dataset's encoding, in
+    pydicom's order.  Runs wherever the dataset is validated (possibly in the
+    event loop): keep it to a few cheap system calls.
+``retries``
+    How often the driver may start the whole write over after the writer raised
+    :class:`~aiodicom.RetryableError` (default 0).
+``inline_write_limit``
+    Writes of at most this many bytes are cheap enough (a memory copy, no I/O) to
+    be done in the event loop instead of a worker thread (default 0: never).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, runtime_checkable
 
-__all__ = ["AsyncSink", "AsyncWriter", "Chunk", "RetryableError", "Sink", "Writer"]
+from .._core.rules import Chunk
+from .._errors import RetryableError
 
-Chunk = bytes | memoryview
-
-
-class RetryableError(Exception):
-    """A writer's way to say "start the whole write over": the failure was transient
-    (it outlasted the writer's own per-request retries, or an upload session was
-    lost) and nothing was published.
-
-    The driver has already aborted the writer when it sees this; it then encodes
-    and writes the dataset again, up to the sink's ``retries`` attribute times (0
-    when the sink has none), with exponential backoff.  That is safe because
-    nothing partial is ever committed, and always possible because the dataset can
-    be encoded again (pydicom puts buffered values back where they were).  When no
-    attempt is left, the caller gets this exception's ``__cause__``.
-    """
+__all__ = [
+    "AsyncSink",
+    "AsyncWriter",
+    "Capabilities",
+    "Chunk",
+    "RetryableError",
+    "Sink",
+    "Writer",
+    "capabilities",
+]
 
 
 @runtime_checkable
@@ -88,3 +107,31 @@ class AsyncSink(Protocol):
 
     async def open_async(self, *, exist_ok: bool) -> AsyncWriter:
         """Start a write; the same contract as :meth:`Sink.open`."""
+
+
+_NO_INLINE: Final = 0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the driver may do with a sink beyond the protocol (see the module
+    documentation); read with :func:`capabilities`."""
+
+    check: Callable[..., None] | None
+    """The pre-flight check (``check(exist_ok=...)``), or ``None``."""
+    retries: int
+    """Whole-write retries after a :class:`~aiodicom.RetryableError`."""
+    inline_write_limit: int
+    """Bytes up to which writing in the event loop is cheap."""
+
+
+def capabilities(sink: Any) -> Capabilities:
+    """The optional capabilities `sink` declares, with their defaults."""
+    check = getattr(sink, "check", None)
+    retries = getattr(sink, "retries", 0)
+    limit = getattr(sink, "inline_write_limit", _NO_INLINE)
+    return Capabilities(
+        check=check if callable(check) else None,
+        retries=max(0, int(retries or 0)),
+        inline_write_limit=max(0, int(limit or 0)),
+    )

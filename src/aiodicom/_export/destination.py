@@ -7,7 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sinks import AsyncSink, AsyncWriter, Chunk, FsspecFile, Sink, Writer, is_url, resolve
+from ..sinks import (
+    AsyncSink,
+    AsyncWriter,
+    Chunk,
+    FsspecFile,
+    Sink,
+    Writer,
+    capabilities,
+    is_url,
+    resolve,
+)
 
 __all__ = ["CountingAsyncSink", "CountingSink", "Root"]
 
@@ -115,12 +125,22 @@ def _size(chunk: Chunk) -> int:
     return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
 
 
+def _declare_capabilities(wrapper: Any, inner: Any) -> None:
+    """Give `wrapper` the optional capabilities of the sink it wraps."""
+    able = capabilities(inner)
+    if able.check is not None:
+        wrapper.check = able.check
+    wrapper.retries = able.retries
+    wrapper.inline_write_limit = able.inline_write_limit
+
+
 class CountingSink:
     """Wraps a :class:`~aiodicom.sinks.Sink`; :attr:`count` is the bytes committed."""
 
     def __init__(self, inner: Sink) -> None:
         self.inner = inner
         self.count = 0
+        _declare_capabilities(self, inner)
 
     def open(self, *, exist_ok: bool) -> Writer:
         return _CountingWriter(self, self.inner.open(exist_ok=exist_ok))
@@ -150,6 +170,7 @@ class CountingAsyncSink:
     def __init__(self, inner: AsyncSink) -> None:
         self.inner = inner
         self.count = 0
+        _declare_capabilities(self, inner)
 
     async def open_async(self, *, exist_ok: bool) -> AsyncWriter:
         return _CountingAsyncWriter(self, await self.inner.open_async(exist_ok=exist_ok))

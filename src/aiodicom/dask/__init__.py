@@ -17,19 +17,27 @@ import dask.base
 import dask.callbacks
 from dask.delayed import Delayed, delayed
 
-from ._dask_partition import (
+from .._errors import DuplicateDestinationError, PartitionError, RemoteError
+from .._export.destination import Root
+from .._export.naming import DEFAULT_TEMPLATE, Template
+from .._export.options import ExportOptions, check_positive
+from .._export.report import (
+    ExportProgress,
+    ExportReport,
+    ItemResult,
+    Status,
+    TakenNames,
+    Tally,
+    describe_error,
+)
+from ._partition import (
     Job,
     PartitionOutcome,
-    RemoteError,
     export_partition,
     forget_stop_flag,
     stop_flag,
 )
-from ._dask_plan import Partition, plan
-from ._export_destination import Root
-from ._export_report import ExportProgress, ExportReport, ItemResult, Status, describe_error
-from ._export_template import DEFAULT_TEMPLATE, Template
-from .export import DuplicateDestinationError
+from ._plan import Partition, plan
 
 __all__ = ["PartitionError", "RemoteError", "export"]
 
@@ -41,17 +49,6 @@ _KEY_PREFIX: Final = "aiodicom-export"
 # Parts of dask and distributed without type annotations.
 _compute: Any = dask.base.compute
 _Callback: Any = dask.callbacks.Callback
-
-
-class PartitionError(RuntimeError):
-    """The Dask task exporting this item did not finish.
-
-    Its worker died more often than Dask allows (``KilledWorker``), the cluster
-    was restarted, or the task was cancelled.  Nothing half-written is left at
-    any destination; items of the partition that were written before the task
-    was lost are in place, complete.  Run the export again with
-    ``skip_existing=True`` to finish it.
-    """
 
 
 def export(
@@ -144,33 +141,55 @@ def export(
         For an unusable `destination`, `client`, `concurrency` or
         `partition_size` (before anything runs).
     """
-    for name, value in (("concurrency", concurrency), ("partition_size", partition_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    if backend not in ("asyncio", "trio"):
-        raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
-    naming = template if isinstance(template, Template) else Template(template)
-    root = Root.parse(destination, storage_options, upload_options)
-    client = _client(client)
-    job = Job(
-        destination=root.location,
-        template=naming,
+    options = ExportOptions.build(
+        template,
+        upload_options,
         concurrency=concurrency,
         exist_ok=exist_ok,
         skip_existing=skip_existing,
         storage_options=storage_options,
         source_storage_options=source_storage_options,
-        upload_options=dict(upload_options) if upload_options else None,
         force=force,
         enforce_file_format=enforce_file_format,
         dry_run=dry_run,
         fail_fast=fail_fast,
+    )
+    return run_on_dask(
+        sources,
+        destination,
+        options,
+        client=client,
+        partition_size=partition_size,
+        progress=progress,
+        backend=backend,
+    )
+
+
+def run_on_dask(
+    sources: Any,
+    destination: Any,
+    options: ExportOptions,
+    *,
+    client: Any = None,
+    partition_size: int = DEFAULT_PARTITION_SIZE,
+    progress: Callable[[ExportProgress], object] | None = None,
+    backend: str = "asyncio",
+) -> ExportReport:
+    """Run an export whose options were checked already (see :func:`export`)."""
+    check_positive("partition_size", partition_size)
+    if backend not in ("asyncio", "trio"):
+        raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
+    root = Root.parse(destination, options.storage_options, options.upload_options)
+    client = _client(client)
+    job = Job(
+        destination=root.location,
+        options=options,
         backend=backend,
         stop_token=uuid.uuid4().hex,
     )
     started = time.perf_counter()
-    the_plan = plan(sources, partition_size, source_storage_options)
-    gather = _Gather(progress, the_plan.total, started, fail_fast)
+    the_plan = plan(sources, partition_size, options.source_storage_options)
+    gather = _Gather(progress, Tally(the_plan.total, started), options.fail_fast)
     for item in the_plan.rejected:
         gather.add([item])
     tasks = [_task(partition, job) for partition in the_plan.partitions]
@@ -181,12 +200,7 @@ def export(
             _run_distributed(client, tasks, the_plan.partitions, gather)
     finally:
         forget_stop_flag(job.stop_token)
-    return ExportReport(
-        items=gather.items,
-        seconds=time.perf_counter() - started,
-        stopped_early=gather.stopped_early,
-        dry_run=dry_run,
-    )
+    return gather.tally.report(dry_run=options.dry_run)
 
 
 def _client(client: Any) -> Any:
@@ -221,35 +235,29 @@ def _task(partition: Partition, job: Job) -> Delayed:
 
 
 class _Gather:
-    """Collects partition outcomes into one list of items, with progress."""
+    """Collects partition outcomes into one tally, with progress."""
 
     def __init__(
         self,
         progress: Callable[[ExportProgress], object] | None,
-        total: int | None,
-        started: float,
+        tally: Tally,
         fail_fast: bool,
     ) -> None:
         self.progress = progress
-        self.total = total
-        self.started = started
+        self.tally = tally
         self.fail_fast = fail_fast
-        self.items: list[ItemResult] = []
-        self.taken: set[str] = set()
-        self.counts = dict.fromkeys(Status, 0)
-        self.bytes_written = 0
-        self.stopped_early = False
+        self.taken = TakenNames()
         self.done: set[int] = set()
 
     @property
     def stop(self) -> bool:
         """Whether no further partition should start."""
-        return self.fail_fast and self.counts[Status.FAILED] > 0
+        return self.fail_fast and self.tally.failed > 0
 
     def outcome(self, partition: Partition, outcome: PartitionOutcome) -> None:
         """Record what a finished task sent back."""
         self.done.add(partition.index)
-        self.stopped_early |= outcome.stopped_early
+        self.tally.stopped_early |= outcome.stopped_early
         self.add([self._deduplicated(item) for item in outcome.items])
 
     def lost(self, partition: Partition, error: BaseException) -> None:
@@ -266,40 +274,17 @@ class _Gather:
         name = item.destination
         if name is None or item.status is Status.FAILED:
             return item
-        if name in self.taken:
-            return ItemResult(
-                item.source,
-                name,
-                Status.FAILED,
-                0,
-                item.seconds,
-                DuplicateDestinationError(
-                    f"an item of another partition was also named {name!r}; "
-                    "it holds one of the two"
-                ),
-            )
-        self.taken.add(name)
+        try:
+            self.taken.claim(name, by="an item of another partition (it holds one of the two)")
+        except DuplicateDestinationError as exc:
+            return ItemResult(item.source, name, Status.FAILED, 0, item.seconds, exc)
         return item
 
     def add(self, items: list[ItemResult]) -> None:
         for item in items:
-            self.items.append(item)
-            self.counts[item.status] += 1
-            self.bytes_written += item.bytes
+            now = self.tally.add(item)
             if self.progress is not None:
-                counts = self.counts
-                self.progress(
-                    ExportProgress(
-                        item=item,
-                        done=len(self.items),
-                        written=counts[Status.WRITTEN] + counts[Status.PLANNED],
-                        skipped=counts[Status.SKIPPED],
-                        failed=counts[Status.FAILED],
-                        bytes_written=self.bytes_written,
-                        elapsed=time.perf_counter() - self.started,
-                        total=self.total,
-                    )
-                )
+                self.progress(now)
 
 
 def _run_local(
@@ -316,7 +301,7 @@ def _run_local(
         gather.outcome(partition, result)
         if gather.stop:
             flag.set()
-            gather.stopped_early = True
+            gather.tally.stopped_early = True
 
     try:
         with _Callback(posttask=posttask):
@@ -363,7 +348,7 @@ def _run_distributed(
                 gather.outcome(partition, outcome)
             future.release()
             if gather.stop:
-                gather.stopped_early = True
+                gather.tally.stopped_early = True
             else:
                 submit()
     except BaseException:

@@ -17,24 +17,14 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydicom.dataset import Dataset
 
-from ._export_destination import Root
-from ._export_report import ExportProgress, ExportReport, ItemResult, Status
-from ._export_sources import Source, iter_sources, read_source
-from ._export_template import DEFAULT_TEMPLATE, NamingError, Template, TemplateError
-from ._write import dcmwrite, encode_in_threads
+from .._driver import dcmwrite, encode_in_threads
+from .destination import Root
+from .naming import DEFAULT_TEMPLATE, Template
+from .options import ExportOptions
+from .report import ExportProgress, ExportReport, ItemResult, Status, TakenNames, Tally
+from .sources import Source, iter_sources, read_source
 
-__all__ = [
-    "DEFAULT_TEMPLATE",
-    "DuplicateDestinationError",
-    "ExportProgress",
-    "ExportReport",
-    "ItemResult",
-    "NamingError",
-    "Status",
-    "Template",
-    "TemplateError",
-    "export",
-]
+__all__ = ["ProgressCallback", "export", "run_export"]
 
 logger = logging.getLogger("aiodicom.export")
 
@@ -43,14 +33,6 @@ DEFER_SIZE: Final = 16 * 1024
 size deferred, so an item whose destination exists costs only its header."""
 
 ProgressCallback = Callable[[ExportProgress], object | Awaitable[object]]
-
-
-class DuplicateDestinationError(FileExistsError):
-    """Two items of one export were named the same destination.
-
-    The first one is exported; the later ones fail with this error instead of
-    silently overwriting it.
-    """
 
 
 async def export(
@@ -150,32 +132,40 @@ async def export(
     TypeError, ValueError
         For an unusable `destination` or `concurrency` (before anything is read).
     """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
-    naming = template if isinstance(template, Template) else Template(template)
-    root = Root.parse(destination, storage_options, upload_options)
-    run = _Run(
-        root=root,
-        naming=naming,
-        exist_ok=exist_ok and not skip_existing,
+    options = ExportOptions.build(
+        template,
+        upload_options,
+        concurrency=concurrency,
+        exist_ok=exist_ok,
         skip_existing=skip_existing,
+        storage_options=storage_options,
+        source_storage_options=source_storage_options,
         force=force,
         enforce_file_format=enforce_file_format,
         dry_run=dry_run,
         fail_fast=fail_fast,
-        progress=progress,
-        total=total,
     )
+    root = Root.parse(destination, options.storage_options, options.upload_options)
+    return await run_export(sources, root, options, progress=progress, total=total)
+
+
+async def run_export(
+    sources: Any,
+    root: Root,
+    options: ExportOptions,
+    *,
+    progress: ProgressCallback | None = None,
+    total: int | None = None,
+) -> ExportReport:
+    """Run an export whose settings were checked already (see :func:`export`)."""
+    run = _Run(root, options, progress, Tally(total))
     send, receive = anyio.create_memory_object_stream[Source](0)
     # Throughput first: encode in the worker threads, as a thread pool would.
     with encode_in_threads():
-        await _run_all(run, sources, source_storage_options, concurrency, send, receive)
-    return ExportReport(
-        items=run.items,
-        seconds=time.perf_counter() - run.started,
-        stopped_early=run.stopped_early,
-        dry_run=dry_run,
-    )
+        await _run_all(
+            run, sources, options.source_storage_options, options.concurrency, send, receive
+        )
+    return run.tally.report(dry_run=options.dry_run)
 
 
 async def _run_all(
@@ -212,43 +202,32 @@ async def _work(run: _Run, receive: anyio.abc.ObjectReceiveStream[Source]) -> No
 
 
 class _Run:
-    """The state of one export: settings, results, names already taken."""
+    """The state of one export: settings, the tally, names already taken."""
 
     def __init__(
         self,
-        *,
         root: Root,
-        naming: Template,
-        exist_ok: bool,
-        skip_existing: bool,
-        force: bool,
-        enforce_file_format: bool,
-        dry_run: bool,
-        fail_fast: bool,
+        options: ExportOptions,
         progress: ProgressCallback | None,
-        total: int | None,
+        tally: Tally,
     ) -> None:
         self.root = root
-        self.naming = naming
-        self.exist_ok = exist_ok
-        self.skip_existing = skip_existing
-        self.force = force
-        self.enforce_file_format = enforce_file_format
-        self.dry_run = dry_run
-        self.fail_fast = fail_fast
+        self.options = options
+        self.naming = options.template
+        self.exist_ok = options.overwrite
+        self.skip_existing = options.skip_existing
+        self.force = options.force
+        self.enforce_file_format = options.enforce_file_format
+        self.dry_run = options.dry_run
+        self.fail_fast = options.fail_fast
         self.progress = progress
-        self.total = total
-        self.items: list[ItemResult] = []
-        self.taken: set[str] = set()
-        self.counts = dict.fromkeys(Status, 0)
-        self.bytes_written = 0
-        self.stopped_early = False
+        self.tally = tally
+        self.taken = TakenNames()
         self.cancel_scope: anyio.CancelScope | None = None
         self.progress_lock = anyio.Lock()
-        self.started = time.perf_counter()
         # A first look with deferred values pays off when the item may be skipped
         # without writing; the write itself uses a full read (parity with pydicom).
-        self.look_first = root.is_local and (skip_existing or dry_run)
+        self.look_first = root.is_local and (options.skip_existing or options.dry_run)
 
     async def export_one(self, source: Source) -> ItemResult:
         """Read, name and write one item; failures become a result, not an error."""
@@ -257,11 +236,7 @@ class _Run:
         try:
             dataset, name = await anyio.to_thread.run_sync(self._read_and_name, source)
             destination = name
-            if name in self.taken:
-                raise DuplicateDestinationError(
-                    f"another item of this export was already named {name!r}"
-                )
-            self.taken.add(name)
+            self.taken.claim(name)
             status, count, reason = await self._write(source, dataset, name)
         except Exception as exc:
             logger.debug("export of %s failed", source.label, exc_info=True)
@@ -322,26 +297,12 @@ class _Run:
     async def record(self, result: ItemResult) -> None:
         """Add `result` and report progress (callbacks run one at a time, in order)."""
         async with self.progress_lock:
-            self.items.append(result)
-            self.counts[result.status] += 1
-            self.bytes_written += result.bytes
+            now = self.tally.add(result)
             if self.progress is not None:
-                counts = self.counts
-                outcome = self.progress(
-                    ExportProgress(
-                        item=result,
-                        done=len(self.items),
-                        written=counts[Status.WRITTEN] + counts[Status.PLANNED],
-                        skipped=counts[Status.SKIPPED],
-                        failed=counts[Status.FAILED],
-                        bytes_written=self.bytes_written,
-                        elapsed=time.perf_counter() - self.started,
-                        total=self.total,
-                    )
-                )
+                outcome = self.progress(now)
                 if inspect.isawaitable(outcome):
                     await outcome
         if self.fail_fast and result.status is Status.FAILED:
-            self.stopped_early = True
+            self.tally.stopped_early = True
             assert self.cancel_scope is not None
             self.cancel_scope.cancel()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from ._remote import Options
+from ..._errors import exists_error
+from ._uploader import Options
 
 __all__ = ["S3Store"]
 
@@ -38,8 +39,9 @@ class S3Store:
     min_part_size = 5 * 1024 * 1024  # S3's minimum for all parts but the last
     ordered = False
 
-    def __init__(self, fs: Any, path: str, options: Options) -> None:
+    def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
         self.fs = fs
+        self.url = url
         self.loop: asyncio.AbstractEventLoop = fs.loop
         self.path = path
         self.bucket, self.key, _ = fs.split_path(path)
@@ -74,7 +76,7 @@ class S3Store:
 
     async def put(self, data: bytes, exclusive: bool) -> None:
         match = {"IfNoneMatch": "*"} if exclusive else {}
-        await self._call_exclusive(
+        await self._request(
             "put_object",
             Bucket=self.bucket,
             Key=self.key,
@@ -110,7 +112,7 @@ class S3Store:
         if self._last_part is None:  # not yet sent by an earlier attempt
             self._last_part = await self.upload_part(len(parts) + 1, offset, last)
         match = {"IfNoneMatch": "*"} if exclusive else {}
-        await self._call_exclusive(
+        await self._request(
             "complete_multipart_upload",
             Bucket=self.bucket,
             Key=self.key,
@@ -135,14 +137,6 @@ class S3Store:
                 raise
         self.upload_id = None
 
-    async def _call_exclusive(self, name: str, **kwargs: Any) -> None:
-        try:
-            await self._request(name, **kwargs)
-        except Exception as exc:
-            if "IfNoneMatch" in kwargs and (_code(exc) in _EXISTS_CODES or _status(exc) == 412):
-                raise FileExistsError(self.path) from exc
-            raise
-
     def is_transient(self, exc: BaseException) -> bool:
         from s3fs.core import S3_RETRYABLE_ERRORS
 
@@ -161,8 +155,12 @@ class S3Store:
         return _code(exc) == "NoSuchUpload"
 
     def translate(self, exc: Exception) -> Exception:
+        """S3's errors as ours: a failed ``If-None-Match`` (the only precondition
+        sent) is the destination existing; the rest as s3fs maps them."""
         from s3fs.errors import translate_boto_error
 
+        if _code(exc) in _EXISTS_CODES or _status(exc) == 412:
+            return exists_error(self.url)
         translated: Exception = translate_boto_error(exc)
         return translated
 

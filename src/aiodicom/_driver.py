@@ -7,11 +7,14 @@ boundary, and the event loop only waits.  Cancellation is checked between chunks
 cancellation the writer is aborted in that same thread before the error
 propagates, which is as shielded as it gets.
 
-*Light* datasets (see :mod:`aiodicom._cost`: a typical image, whatever the size of
+*Light* datasets (see :mod:`aiodicom._core.cost`: a typical image, whatever the size of
 its Pixel Data) are validated and encoded inline instead, which takes the loop
 a millisecond or two and spares it from waiting for the GIL behind encoding
-threads; only the sink's I/O then runs in the worker thread (and small in-memory
-buffers are written inline too).
+threads; only the sink's I/O then runs in the worker thread (and small writes to
+sinks that declare them cheap, such as in-memory buffers, are done inline too).
+
+The driver knows sinks only through the protocol and the optional capabilities
+of :func:`aiodicom.sinks.capabilities` (pre-flight check, retries, inline writes).
 
 An :class:`~aiodicom.sinks.AsyncSink` is awaited in the event loop while a worker
 thread encodes one chunk at a time (pull-based: the encoder never runs ahead by
@@ -20,10 +23,7 @@ more than one chunk, which is the backpressure).  Its ``abort`` runs shielded.
 
 from __future__ import annotations
 
-import io
-import itertools
 import logging
-import random
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from contextlib import closing, contextmanager
 from contextvars import ContextVar
@@ -39,17 +39,10 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomIO
 from pydicom.misc import warn_and_log
 
-from ._cost import is_light
-from ._encode import Chunk, EncodePlan, prepare
-from .sinks import (
-    AsyncSink,
-    Bytearray,
-    FileObject,
-    LocalFile,
-    RetryableError,
-    Sink,
-    resolve,
-)
+from ._core import Chunk, EncodePlan, is_light, prepare
+from ._errors import RetryableError
+from ._retry import RetryPolicy
+from .sinks import AsyncSink, Sink, capabilities, resolve
 
 __all__ = ["dcmwrite"]
 
@@ -67,9 +60,6 @@ class _DefaultTrue:
 
 
 _EXIST_OK_DEFAULT: Final = cast(bool, _DefaultTrue())
-
-INLINE_BYTES: Final = 4 * 1024 * 1024
-"""In-memory destinations are written in the loop up to this size (a memcpy)."""
 
 
 async def dcmwrite(
@@ -151,6 +141,7 @@ async def dcmwrite(
         bad_destination: Exception | None = None
     except (TypeError, ValueError) as exc:
         sink, bad_destination = None, exc
+    able = capabilities(sink)
 
     def plan() -> EncodePlan:
         def on_open(encoding: tuple[bool, bool]) -> None:
@@ -159,8 +150,8 @@ async def dcmwrite(
                 raise bad_destination
             if isinstance(destination, DicomIO):
                 destination.is_implicit_VR, destination.is_little_endian = encoding
-            if isinstance(sink, LocalFile):
-                sink.check(exist_ok=exist_ok)  # pydicom opens its file here
+            if able.check is not None:
+                able.check(exist_ok=exist_ok)  # pydicom opens its file here
 
         return prepare(
             dataset,
@@ -172,13 +163,20 @@ async def dcmwrite(
         )
 
     if isinstance(sink, Sink):
-        await _retrying(sink, lambda: _to_sink(sink, dataset, plan, exist_ok))
+        limit = able.inline_write_limit
+        await _retrying(able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, limit))
     else:
-        await _retrying(sink, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok))
+        await _retrying(
+            able.retries, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok)
+        )
 
 
 async def _to_sink(
-    sink: Sink, dataset: Dataset, plan: Callable[[], EncodePlan], exist_ok: bool
+    sink: Sink,
+    dataset: Dataset,
+    plan: Callable[[], EncodePlan],
+    exist_ok: bool,
+    inline_write_limit: int,
 ) -> None:
     """One attempt at a write to a synchronous sink."""
     if not _ENCODE_INLINE.get() or not is_light(dataset):
@@ -193,7 +191,7 @@ async def _to_sink(
         # (anyio's fast path is shielded): do not encode for nothing
         await anyio.lowlevel.checkpoint_if_cancelled()
         chunks = list(plan().chunks())
-    if _in_memory(sink) and sum(len(memoryview(c)) for c in chunks) <= INLINE_BYTES:
+    if inline_write_limit and sum(len(memoryview(c)) for c in chunks) <= inline_write_limit:
         _write_chunks(sink, chunks, exist_ok, check=_never_cancelled)
     else:
         await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok)
@@ -205,26 +203,24 @@ async def _to_async_sink(sink: AsyncSink, plan: Callable[[], EncodePlan], exist_
     await _write_async(sink, encoded, exist_ok)
 
 
-_BACKOFF_FIRST: Final = 0.2
-_BACKOFF_MAX: Final = 10.0
-
-
-async def _retrying(sink: Any, attempt: Callable[[], Awaitable[None]]) -> None:
-    """Run `attempt`; start over after a :class:`~aiodicom.sinks.RetryableError`,
-    up to ``sink.retries`` times, with exponential backoff and jitter."""
-    retries = max(0, int(getattr(sink, "retries", 0) or 0))
-    for number in itertools.count():
+async def _retrying(retries: int, attempt: Callable[[], Awaitable[None]]) -> None:
+    """Run `attempt`; start over after a :class:`~aiodicom.RetryableError`, up to
+    `retries` times, as the shared :class:`~aiodicom._retry.RetryPolicy` says."""
+    attempts = RetryPolicy(retries, deadline=None).start()
+    while True:
         try:
             await attempt()
             return
         except RetryableError as exc:
-            if number >= retries:
+            delay = attempts.next_delay()
+            if delay is None:
                 if exc.__cause__ is None:
                     raise
                 raise exc.__cause__ from None
-            logger.warning("aiodicom: %s; writing it again (%d of %d)", exc, number + 1, retries)
-            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**number)
-            await anyio.sleep(delay * (0.5 + random.random()))
+            logger.warning(
+                "aiodicom: %s; writing it again (%d of %d)", exc, attempts.number, retries
+            )
+            await anyio.sleep(delay)
 
 
 _INLINE_LOCK: RunVar[anyio.Lock] = RunVar("aiodicom_inline_lock")
@@ -320,13 +316,6 @@ def _encode_and_write(plan: Callable[[], EncodePlan], sink: Sink, exist_ok: bool
 
 def _never_cancelled() -> None:
     """Inline writes are not interrupted: they are short and never await."""
-
-
-def _in_memory(sink: Sink) -> bool:
-    """Sinks whose writes are memory copies, cheap enough to do in the loop."""
-    if isinstance(sink, Bytearray):
-        return True
-    return isinstance(sink, FileObject) and isinstance(sink.fileobj, io.BytesIO)
 
 
 def _abort_quietly(abort: Any) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import anyio
 from dask.bag import Bag
 
-from ._export_report import ItemResult, Status
-from ._export_sources import iter_sources
+from .._export.report import ItemResult, Status
+from .._export.sources import iter_sources
 
 __all__ = ["Partition", "Plan", "plan"]
 

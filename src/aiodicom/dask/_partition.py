@@ -21,21 +21,16 @@ from typing import Any
 
 import anyio
 
-from ._export_report import ExportReport, ItemResult, describe_error
-from ._export_template import Template
-from .export import export
+from .._errors import RemoteError
+from .._export.destination import Root
+from .._export.options import ExportOptions
+from .._export.report import ExportReport, ItemResult, describe_error
+from .._export.run import run_export
 
-__all__ = ["Job", "PartitionOutcome", "RemoteError", "export_partition", "stop_flag"]
+__all__ = ["Job", "PartitionOutcome", "export_partition", "forget_stop_flag", "stop_flag"]
 
 _STOP_FLAGS: dict[str, threading.Event] = {}
 _STOP_LOCK = threading.Lock()
-
-
-class RemoteError(Exception):
-    """Stands for an item's error that could not be sent back from the worker.
-
-    Its message is ``"Type: message"`` of the original exception.
-    """
 
 
 @dataclass(frozen=True)
@@ -43,17 +38,7 @@ class Job:
     """Everything a worker needs to export a partition (pickled into each task)."""
 
     destination: str
-    template: Template
-    concurrency: int
-    exist_ok: bool
-    skip_existing: bool
-    storage_options: dict[str, Any] | None
-    source_storage_options: dict[str, Any] | None
-    upload_options: dict[str, Any] | None
-    force: bool
-    enforce_file_format: bool
-    dry_run: bool
-    fail_fast: bool
+    options: ExportOptions
     backend: str
     stop_token: str
 
@@ -108,24 +93,12 @@ def export_partition(items: Iterable[Any], job: Job) -> PartitionOutcome:
     if flag is not None and flag.is_set():
         return PartitionOutcome([], 0.0, True, False, worker)
     started = time.perf_counter()
-    run = partial(
-        export,
-        items,
-        job.destination,
-        template=job.template,
-        concurrency=job.concurrency,
-        exist_ok=job.exist_ok,
-        skip_existing=job.skip_existing,
-        storage_options=job.storage_options,
-        source_storage_options=job.source_storage_options,
-        upload_options=job.upload_options,
-        force=job.force,
-        enforce_file_format=job.enforce_file_format,
-        dry_run=job.dry_run,
-        fail_fast=job.fail_fast,
+    options = job.options
+    root = Root.parse(job.destination, options.storage_options, options.upload_options)
+    report: ExportReport = anyio.run(
+        partial(run_export, items, root, options), backend=job.backend
     )
-    report: ExportReport = anyio.run(run, backend=job.backend)
-    if job.fail_fast and report.failed:
+    if options.fail_fast and report.failed:
         stop_flag(job.stop_token).set()  # other partitions in this process do not start
     return PartitionOutcome(
         [_portable(item) for item in report.items],

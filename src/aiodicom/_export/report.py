@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ExportProgress", "ExportReport", "ItemResult", "Status"]
+from .._errors import DuplicateDestinationError
+
+__all__ = [
+    "ExportProgress",
+    "ExportReport",
+    "ItemResult",
+    "Status",
+    "Tally",
+    "TakenNames",
+    "describe_error",
+    "format_bytes",
+]
 
 
 class Status(str, enum.Enum):
@@ -211,3 +223,65 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+class Tally:
+    """The running counts of one export: items by status, bytes, progress.
+
+    The one tally of every way to run an export (one process, Dask): each
+    finished item is :meth:`add`-ed, which returns what the ``progress``
+    callback gets.
+    """
+
+    def __init__(self, total: int | None, started: float | None = None) -> None:
+        self.total = total
+        self.started = time.perf_counter() if started is None else started
+        self.items: list[ItemResult] = []
+        self.counts = dict.fromkeys(Status, 0)
+        self.bytes_written = 0
+        self.stopped_early = False
+
+    def add(self, item: ItemResult) -> ExportProgress:
+        """Count `item`; return the progress after it."""
+        self.items.append(item)
+        self.counts[item.status] += 1
+        self.bytes_written += item.bytes
+        counts = self.counts
+        return ExportProgress(
+            item=item,
+            done=len(self.items),
+            written=counts[Status.WRITTEN] + counts[Status.PLANNED],
+            skipped=counts[Status.SKIPPED],
+            failed=counts[Status.FAILED],
+            bytes_written=self.bytes_written,
+            elapsed=time.perf_counter() - self.started,
+            total=self.total,
+        )
+
+    @property
+    def failed(self) -> int:
+        """Items failed so far."""
+        return self.counts[Status.FAILED]
+
+    def report(self, *, dry_run: bool) -> ExportReport:
+        """The report of everything added so far."""
+        return ExportReport(
+            items=self.items,
+            seconds=time.perf_counter() - self.started,
+            stopped_early=self.stopped_early,
+            dry_run=dry_run,
+        )
+
+
+class TakenNames:
+    """The one duplicate-destination check: each destination may be claimed once."""
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+
+    def claim(self, name: str, *, by: str = "another item of this export") -> None:
+        """Take `name`, or raise :class:`~aiodicom.DuplicateDestinationError` if
+        it was taken already (`by` says by whom, for the message)."""
+        if name in self._taken:
+            raise DuplicateDestinationError(f"{by} was already named {name!r}")
+        self._taken.add(name)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from ._remote import Options
+from ..._errors import exists_error
+from ._uploader import Options
 
 __all__ = ["GCSStore"]
 
@@ -26,8 +27,9 @@ class GCSStore:
     min_part_size = _QUANTUM
     ordered = True
 
-    def __init__(self, fs: Any, path: str, options: Options) -> None:
+    def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
         self.fs = fs
+        self.url = url
         self.loop: asyncio.AbstractEventLoop = fs.loop
         self.path = path
         self.bucket, self.key, _ = fs.split_path(path)
@@ -135,6 +137,10 @@ class GCSStore:
         return getattr(exc, "code", None) in (404, 410) and self.location is not None
 
     def translate(self, exc: Exception) -> Exception:
+        """gcsfs already raises built-in errors; a failed ``ifGenerationMatch=0``
+        (``FileExistsError`` naming the key) is renamed to the URL."""
+        if isinstance(exc, FileExistsError):
+            return exists_error(self.url)
         return exc
 
     def invalidate(self) -> None:

@@ -42,38 +42,12 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-__all__ = ["Chunk", "EncodePlan", "prepare", "CHUNK_SIZE", "PASSTHROUGH_MIN"]
+from .rules import CHUNK_SIZE, PASSTHROUGH_MIN, VERBATIM_VRS, Chunk
 
-Chunk = bytes | memoryview
-"""One piece of the encoded file.  Sinks may only take ``len()`` of it and write it."""
-
-CHUNK_SIZE: Final = 4 * 1024 * 1024
-"""Small elements are coalesced into chunks of about this size, and large values
-are handed on in slices of this size (so cancellation is checked often)."""
-
-PASSTHROUGH_MIN: Final = 64 * 1024
-"""Byte values at least this long bypass pydicom's copy and pass through as slices."""
+__all__ = ["EncodePlan", "prepare"]
 
 _PIXEL_DATA: Final = 0x7FE00010
 _DEFLATE_SLICE: Final = 1024 * 1024
-
-# VRs whose pydicom writer is write_OBvalue / write_OWvalue / write_UN: the value is
-# written verbatim (plus one pad byte when odd), so it may pass through untouched.
-_VERBATIM_VRS: Final = frozenset(
-    {
-        "OB",
-        "OD",
-        "OF",
-        "OL",
-        "OW",
-        "OV",
-        "UN",
-        "OB or OW",
-        "US or OW",
-        "US or SS or OW",
-        "US or SS",
-    }
-)
 
 _TAG = {True: Struct("<HH"), False: Struct(">HH")}
 _UL = {True: Struct("<L"), False: Struct(">L")}
@@ -309,7 +283,7 @@ def _passthrough(
         length = len(view)
         undefined = elem.length == 0xFFFFFFFF
         pad = False
-    elif vr not in _VERBATIM_VRS:
+    elif vr not in VERBATIM_VRS:
         return None
     elif elem.is_buffered:
         if vr == "UN":

@@ -37,6 +37,8 @@ from pydicom.datadict import keyword_dict
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from .._errors import NamingError, TemplateError
+
 __all__ = ["DEFAULT_TEMPLATE", "NamingError", "Template", "TemplateError"]
 
 DEFAULT_TEMPLATE: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
@@ -49,14 +51,6 @@ _CONVERSIONS: Final[dict[str | None, Callable[[Any], Any]]] = {
     "r": repr,
     "a": ascii,
 }
-
-
-class TemplateError(ValueError):
-    """The naming template itself is unusable (raised before any work starts)."""
-
-
-class NamingError(ValueError):
-    """One dataset cannot be named by the template (that item fails)."""
 
 
 _Field = tuple[str, str, str | None]  # keyword, format spec, conversion

@@ -13,7 +13,8 @@ import asyncio
 import uuid
 from typing import Any
 
-from ._remote import Options
+from ..._errors import exists_error
+from ._uploader import Options
 
 __all__ = ["AzureStore"]
 
@@ -25,8 +26,9 @@ class AzureStore:
     min_part_size = 1
     ordered = False
 
-    def __init__(self, fs: Any, path: str, options: Options) -> None:
+    def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
         self.fs = fs
+        self.url = url
         self.loop: asyncio.AbstractEventLoop = fs.loop
         self.path = path
         self.container, self.blob, _ = fs.split_path(path)
@@ -55,14 +57,9 @@ class AzureStore:
         return bool(await self._client.exists())
 
     async def put(self, data: bytes, exclusive: bool) -> None:
-        try:
-            await self._client.upload_blob(
-                data, overwrite=not exclusive, length=len(data), **self._settings()
-            )
-        except Exception as exc:
-            if exclusive and _is_exists(exc):
-                raise FileExistsError(self.path) from exc
-            raise
+        await self._client.upload_blob(
+            data, overwrite=not exclusive, length=len(data), **self._settings()
+        )
 
     async def start(self, exclusive: bool) -> None:
         pass
@@ -86,10 +83,8 @@ class AzureStore:
             )
         except Exception as exc:
             # a racing writer's commit also drops our uncommitted blocks
-            if exclusive and (
-                _is_exists(exc) or (_error_code(exc) == "InvalidBlockList" and await self.exists())
-            ):
-                raise FileExistsError(self.path) from exc
+            if exclusive and _error_code(exc) == "InvalidBlockList" and await self.exists():
+                raise exists_error(self.url) from exc
             raise
 
     async def cancel(self) -> None:
@@ -115,6 +110,8 @@ class AzureStore:
     def translate(self, exc: Exception) -> Exception:
         from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
 
+        if isinstance(exc, FileExistsError) or _is_exists(exc):
+            return exists_error(self.url)
         if isinstance(exc, ResourceNotFoundError):
             return FileNotFoundError(str(exc))
         if isinstance(exc, ClientAuthenticationError):

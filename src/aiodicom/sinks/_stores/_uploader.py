@@ -1,6 +1,6 @@
 """Streaming upload to object stores: parts, pipelining, retries, exclusive create.
 
-One :class:`_PartWriter` drives any object store through a small :class:`_Store`
+One :class:`PartWriter` drives any object store through a small :class:`Store`
 adapter (``_s3``, ``_gcs``, ``_azure``).  The writer is called from one worker
 thread; the store's coroutines run on the fsspec filesystem's own event loop
 (``fs.loop``), so this works the same under asyncio and trio.
@@ -28,24 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import logging
-import os
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol, TypeVar
 
-from ._base import Chunk, RetryableError
+from ..._core.rules import Chunk
+from ..._errors import RetryableError, exists_error
+from ..._retry import RetryPolicy
 
-__all__ = ["Options", "_PartWriter", "_Store", "exists_error"]
+__all__ = ["Options", "PartWriter", "Store"]
 
 logger = logging.getLogger("aiodicom")
 
 T = TypeVar("T")
 
-_BACKOFF_FIRST: Final = 0.2  # seconds before the first retry
-_BACKOFF_MAX: Final = 10.0
 # Transient for every store; each store adds its client's own (5xx, throttling...).
 _TRANSIENT: Final = (ConnectionError, TimeoutError, asyncio.TimeoutError)
 
@@ -73,16 +70,13 @@ class Options:
         self.upload_args = upload_args
 
 
-def exists_error(url: str) -> FileExistsError:
-    """The one ``FileExistsError`` every backend raises, naming the URL."""
-    return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), url)
-
-
-class _Store(Protocol):
+class Store(Protocol):
     """One object being written to one store.  Coroutines run on the store's loop.
 
-    ``put``, ``start`` and ``complete`` raise :class:`FileExistsError` (any message)
-    when an exclusive precondition fails; the writer renames it to the URL.
+    They raise the client library's own errors; :meth:`translate` is the one
+    place that turns those into ours (``FileExistsError`` for a failed exclusive
+    precondition, ``FileNotFoundError`` for a missing bucket...), applied by the
+    writer to every request that fails for good.
     """
 
     loop: asyncio.AbstractEventLoop
@@ -120,16 +114,16 @@ class _Store(Protocol):
         written by starting over)."""
 
     def translate(self, exc: Exception) -> Exception:
-        """The exception to show the user for a permanent error."""
+        """The exception to show the user for `exc` (itself if nothing fits)."""
 
     def invalidate(self) -> None:
         """Forget cached listings of the object's directory (after commit)."""
 
 
-class _PartWriter:
-    """A :class:`~aiodicom.sinks.Writer` streaming to a :class:`_Store`."""
+class PartWriter:
+    """A :class:`~aiodicom.sinks.Writer` streaming to a :class:`Store`."""
 
-    def __init__(self, store: _Store, url: str, exist_ok: bool, options: Options) -> None:
+    def __init__(self, store: Store, url: str, exist_ok: bool, options: Options) -> None:
         self._store = store
         self._url = url
         self._exclusive = not exist_ok
@@ -162,15 +156,12 @@ class _PartWriter:
     def commit(self) -> None:
         store, last = self._store, bytes(self._buffer)
         self._buffer = bytearray()
-        try:
-            if not self._started:
-                self._call(store.put, last, self._exclusive)
-            else:
-                while self._pending:
-                    self._parts.append(self._pending.popleft().result())
-                self._call(store.complete, self._parts, self._offset, last, self._exclusive)
-        except FileExistsError:
-            raise exists_error(self._url) from None
+        if not self._started:
+            self._call(store.put, last, self._exclusive)
+        else:
+            while self._pending:
+                self._parts.append(self._pending.popleft().result())
+            self._call(store.complete, self._parts, self._offset, last, self._exclusive)
         self._finished = True
         store.invalidate()
 
@@ -196,10 +187,7 @@ class _PartWriter:
         if not self._started:
             if self._exclusive and self._call(store.exists):
                 raise exists_error(self._url)
-            try:
-                self._call(store.start, self._exclusive)
-            except FileExistsError:
-                raise exists_error(self._url) from None
+            self._call(store.start, self._exclusive)
             self._started = True
         while len(self._pending) >= self._concurrency:
             self._parts.append(self._pending.popleft().result())
@@ -219,35 +207,38 @@ class _PartWriter:
         return asyncio.run_coroutine_threadsafe(coro, self._store.loop).result()
 
     async def _retrying(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await func(*args)``, retried on transient errors; errors that stay are
+        translated once, here, by the store."""
         store = self._store
-        attempt = 0
+        attempts = RetryPolicy(self._options.retries).start()
+        name = getattr(func, "__name__", "request")
         while True:
             try:
                 return await func(*args)
-            except (FileExistsError, asyncio.CancelledError):
+            except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 transient = isinstance(exc, _TRANSIENT) or store.is_transient(exc)
-                if attempt >= self._options.retries or not transient:
+                delay = attempts.next_delay() if transient else None
+                if delay is None:
                     error = store.translate(exc)
                     if not (transient or store.is_session_lost(exc)):
+                        if error is exc:
+                            raise
                         raise error from exc
                     # the driver may start the whole object over
                     if error is not exc:
                         error.__cause__ = exc
-                    name = getattr(func, "__name__", "request")
                     raise RetryableError(f"{name} to {self._url} failed: {exc}") from error
-                delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
-                attempt += 1
                 logger.warning(
                     "aiodicom: %s to %s failed (%s); retry %d of %d",
-                    getattr(func, "__name__", "request"),
+                    name,
                     self._url,
                     exc,
-                    attempt,
+                    attempts.number,
                     self._options.retries,
                 )
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await asyncio.sleep(delay)
 
     async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()

@@ -6,7 +6,7 @@ import shutil
 import time
 from typing import Final, TextIO
 
-from ._export_report import ExportProgress, ItemResult, Status, describe_error, format_bytes
+from .._export.report import ExportProgress, ItemResult, Status, describe_error, format_bytes
 
 __all__ = ["LogLines", "ProgressBar", "format_duration"]
 

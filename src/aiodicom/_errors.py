@@ -1,0 +1,82 @@
+"""Every exception class of aiodicom, and the one way each built-in error is built.
+
+Errors that mean what a built-in exception means are raised as that built-in
+(:class:`FileExistsError`, :class:`FileNotFoundError`, :class:`PermissionError`...),
+as :func:`pydicom.dcmwrite` does; the classes here are for what has no built-in.
+The public ones are re-exported by :mod:`aiodicom` (and :mod:`aiodicom.sinks`,
+:mod:`aiodicom.dask` where they belong).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = [
+    "DuplicateDestinationError",
+    "NamingError",
+    "PartitionError",
+    "RemoteError",
+    "RetryableError",
+    "TemplateError",
+    "UsageError",
+    "exists_error",
+]
+
+
+def exists_error(destination: str) -> FileExistsError:
+    """The one :class:`FileExistsError` every sink raises, naming `destination`
+    (a path or a URL) as the user gave it."""
+    return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), destination)
+
+
+class RetryableError(Exception):
+    """A writer's way to say "start the whole write over": the failure was transient
+    (it outlasted the writer's own per-request retries, or an upload session was
+    lost) and nothing was published.
+
+    The driver has already aborted the writer when it sees this; it then encodes
+    and writes the dataset again, up to the sink's ``retries`` attribute times (0
+    when the sink has none), with exponential backoff.  That is safe because
+    nothing partial is ever committed, and always possible because the dataset can
+    be encoded again (pydicom puts buffered values back where they were).  When no
+    attempt is left, the caller gets this exception's ``__cause__``.
+    """
+
+
+class TemplateError(ValueError):
+    """The naming template itself is unusable (raised before any work starts)."""
+
+
+class NamingError(ValueError):
+    """One dataset cannot be named by the template (that item fails)."""
+
+
+class DuplicateDestinationError(FileExistsError):
+    """Two items of one export were named the same destination.
+
+    The first one is exported; the later ones fail with this error instead of
+    silently overwriting it.
+    """
+
+
+class PartitionError(RuntimeError):
+    """The Dask task exporting this item did not finish.
+
+    Its worker died more often than Dask allows (``KilledWorker``), the cluster
+    was restarted, or the task was cancelled.  Nothing half-written is left at
+    any destination; items of the partition that were written before the task
+    was lost are in place, complete.  Run the export again with
+    ``skip_existing=True`` to finish it.
+    """
+
+
+class RemoteError(Exception):
+    """Stands for an item's error that could not be sent back from a worker.
+
+    Its message is ``"Type: message"`` of the original exception.
+    """
+
+
+class UsageError(Exception):
+    """A bad command-line argument, found before any work (exit status 2)."""

@@ -1,0 +1,80 @@
+"""The settings of one export, checked once and shared by every way to run it.
+
+:func:`aiodicom.export`, :func:`aiodicom.dask.export` and the ``aiodicom export``
+command all build one :class:`ExportOptions` and hand it on; the Dask path pickles
+it into every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from .naming import DEFAULT_TEMPLATE, Template
+
+__all__ = ["ExportOptions", "check_positive"]
+
+
+def check_positive(name: str, value: Any) -> None:
+    """Raise :class:`ValueError` unless `value` is a positive ``int`` (not a ``bool``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: naming, concurrency, what to do with existing files.
+
+    The parameters mean what they mean for :func:`aiodicom.export`.  Building one
+    checks them (a bad template or concurrency raises here, before any work).
+
+    Raises
+    ------
+    TemplateError
+        If `template` is unusable.
+    ValueError
+        If `concurrency` is not a positive integer.
+    """
+
+    template: Template = field(default_factory=lambda: Template(DEFAULT_TEMPLATE))
+    concurrency: int = 16
+    exist_ok: bool = True
+    skip_existing: bool = False
+    storage_options: dict[str, Any] | None = None
+    source_storage_options: dict[str, Any] | None = None
+    upload_options: dict[str, Any] | None = None
+    force: bool = False
+    enforce_file_format: bool = False
+    dry_run: bool = False
+    fail_fast: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive("concurrency", self.concurrency)
+        template: str | Callable[[Dataset], Any] | Template = self.template
+        if not isinstance(template, Template):
+            object.__setattr__(self, "template", Template(template))
+        if self.upload_options is not None and not isinstance(self.upload_options, dict):
+            object.__setattr__(self, "upload_options", dict(self.upload_options))
+
+    @property
+    def overwrite(self) -> bool:
+        """What each write gets as ``exist_ok``: skipping existing items means
+        never overwriting them (the sink's atomic exclusive create decides)."""
+        return self.exist_ok and not self.skip_existing
+
+    @classmethod
+    def build(
+        cls,
+        template: str | Callable[[Dataset], Any] | Template,
+        upload_options: Mapping[str, Any] | None,
+        **options: Any,
+    ) -> ExportOptions:
+        """Build from the keyword arguments of :func:`aiodicom.export`."""
+        return cls(
+            template=template,  # type: ignore[arg-type]  # compiled in __post_init__
+            upload_options=dict(upload_options) if upload_options else None,
+            **options,
+        )

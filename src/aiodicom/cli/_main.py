@@ -1,0 +1,254 @@
+"""The ``aiodicom`` command: ``aiodicom export ...`` and ``aiodicom demo``.
+
+Exit status: 0 when every item was written or skipped, 1 when any failed,
+2 for a usage error (reported in one line before any work), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+import anyio
+
+from .._errors import TemplateError, UsageError
+from .._export.destination import Root
+from .._export.naming import Template
+from .._export.options import ExportOptions
+from .._export.report import ExportProgress, ExportReport, ItemResult, Status
+from .._export.run import run_export
+from .._export.sources import count_local
+from ._args import (
+    EXIT_USAGE,
+    build_parser,
+    check_report_path,
+    check_source,
+    parse_storage_options,
+)
+from ._progress import LogLines, ProgressBar, failure_line
+
+__all__ = ["main"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_INTERRUPTED: Final = 130
+
+_SHOWN_FAILURES: Final = 50
+
+DEMO_FILES: Final = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "examples_jpeg2k.dcm",
+    "examples_overlay.dcm",
+    "examples_palette.dcm",
+    "examples_rgb_color.dcm",
+    "examples_ybr_color.dcm",
+    "rtdose.dcm",
+    "rtplan.dcm",
+    "rtstruct.dcm",
+    "waveform_ecg.dcm",
+)
+"""pydicom's bundled example instances (``pydicom.examples``, minus the DICOMDIR
+and the copy without file meta)."""
+
+
+@contextlib.contextmanager
+def _dask_client(address: str | None) -> Iterator[Any]:
+    """A client of the cluster at `address`, or of a new local cluster."""
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError(
+            "--dask and --dask-scheduler need: pip install 'aiodicom[dask]'"
+        ) from None
+    Client: Any = distributed.Client  # untyped in distributed
+    LocalCluster: Any = distributed.LocalCluster
+    if address is None:
+        with LocalCluster(dashboard_address=":0") as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(address, timeout=30)
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Dask scheduler {address!r}: {exc}") from None
+    with client:
+        yield client
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``aiodicom`` command; return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    with _quiet_libraries(args.verbose):
+        return _dispatch(args)
+
+
+class _OneLine(logging.Formatter):
+    """``name: message`` without tracebacks (the report has the errors)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.name}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Keep the terminal readable: aiodicom's warnings (retries) in one line each;
+    other libraries' log records and pydicom's warnings only with ``--verbose``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter() if verbose else _OneLine())
+    if not verbose:
+        handler.addFilter(lambda record: record.name.split(".")[0] == "aiodicom")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(handler)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    prog = f"aiodicom {args.command}"
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run_export_command(args: argparse.Namespace) -> int:
+    if len(args.paths) < 2:
+        raise UsageError("give at least one SOURCE and a DESTINATION")
+    *sources, destination = args.paths
+    return _export(args, sources, destination)
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
+    from pydicom.data import get_testdata_file
+
+    sources = [get_testdata_file(name) for name in DEMO_FILES]
+    args.force = True  # rtstruct.dcm has no preamble
+    return _export(args, [str(path) for path in sources if path is not None], args.destination)
+
+
+def _export(args: argparse.Namespace, sources: list[str], destination: str) -> int:
+    """Check everything, run the export with progress, print and save the outcome."""
+    if args.no_clobber and args.skip_existing:
+        raise UsageError("--no-clobber and --skip-existing exclude each other")
+    try:
+        template = Template(args.template)
+    except TemplateError as exc:
+        raise UsageError(str(exc)) from None
+    # the same options for one process and for Dask
+    options = ExportOptions(
+        template=template,
+        concurrency=args.concurrency,
+        exist_ok=not args.no_clobber,
+        skip_existing=args.skip_existing,
+        storage_options=parse_storage_options(args.storage_option),
+        source_storage_options=parse_storage_options(args.source_storage_option),
+        force=args.force,
+        enforce_file_format=args.enforce_file_format,
+        dry_run=args.dry_run,
+        fail_fast=args.fail_fast,
+    )
+    try:
+        root = Root.parse(destination, options.storage_options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    for source in sources:
+        check_source(source, options.source_storage_options)
+    if args.report:
+        check_report_path(args.report)
+
+    total = count_local(sources)
+    quiet = args.quiet
+    show: ProgressBar | LogLines | None = None
+    if not quiet and not args.dry_run:
+        show = (ProgressBar if sys.stderr.isatty() else LogLines)(sys.stderr, verbose=args.verbose)
+    finished: list[ItemResult] = []
+
+    def on_progress(progress: ExportProgress) -> None:
+        finished.append(progress.item)
+        if show is not None:
+            show.update(progress)
+        elif progress.item.status is Status.FAILED and not args.dry_run:
+            print(failure_line(progress.item), file=sys.stderr)
+
+    async def run() -> ExportReport:
+        return await run_export(sources, root, options, progress=on_progress, total=total)
+
+    def run_on_dask() -> ExportReport:
+        from ..dask import run_on_dask
+
+        with _dask_client(args.dask_scheduler) as client:
+            return run_on_dask(sources, destination, options, client=client, progress=on_progress)
+
+    on_dask = getattr(args, "dask", False) or getattr(args, "dask_scheduler", None) is not None
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        report = run_on_dask() if on_dask else anyio.run(run)
+    except KeyboardInterrupt:
+        interrupted = True
+        report = ExportReport(
+            items=finished,
+            seconds=time.perf_counter() - started,
+            stopped_early=True,
+            dry_run=args.dry_run,
+        )
+    finally:
+        if show is not None:
+            show.close()
+
+    if args.dry_run and not quiet:
+        for item in report.items:
+            if item.status is not Status.FAILED:
+                print(f"{item.status} {item.source} -> {item.destination}")
+    _print_failures(report)
+    if args.report:
+        _write_report(args.report, report)
+    if not quiet:
+        prefix = "interrupted: " if interrupted else ""
+        print(f"{prefix}{report.summary()}")
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _print_failures(report: ExportReport) -> None:
+    failures = report.failures
+    if not failures:
+        return
+    print(f"{len(failures)} failed:", file=sys.stderr)
+    for item in failures[:_SHOWN_FAILURES]:
+        print("  " + failure_line(item), file=sys.stderr)
+    if len(failures) > _SHOWN_FAILURES:
+        print(f"  ... and {len(failures) - _SHOWN_FAILURES} more (see --report)", file=sys.stderr)
+
+
+def _write_report(path: str, report: ExportReport) -> None:
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="utf-8") as stream:
+        json.dump(report.to_dict(), stream, indent=2)
+        stream.write("\n")
+    os.replace(temp, path)
+
+
+_COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
+    "export": _run_export_command,
+    "demo": _run_demo_command,
+}
