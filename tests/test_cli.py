@@ -221,8 +221,8 @@ def test_plain_log_lines_when_not_a_terminal(scans: Path, tmp_path: Path) -> Non
 
 
 def test_the_progress_bar_shows_items_bytes_rate_and_eta() -> None:
-    from aiodicom.cli._progress import ProgressBar
     from aiodicom import ExportProgress, ItemResult, Status
+    from aiodicom.cli._progress import ProgressBar
 
     stream = io.StringIO()
     bar = ProgressBar(stream)

@@ -22,8 +22,8 @@ from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileDataset
 
 import aiodicom
-from aiodicom import dask as aiodask
 from aiodicom import DuplicateDestinationError, ExportProgress, Status, TemplateError
+from aiodicom import dask as aiodask
 from tests import datasets
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -8,7 +8,7 @@ it into every task.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -66,15 +66,9 @@ class ExportOptions:
         return self.exist_ok and not self.skip_existing
 
     @classmethod
-    def build(
-        cls,
-        template: str | Callable[[Dataset], Any] | Template,
-        upload_options: Mapping[str, Any] | None,
-        **options: Any,
-    ) -> ExportOptions:
-        """Build from the keyword arguments of :func:`aiodicom.export`."""
-        return cls(
-            template=template,  # type: ignore[arg-type]  # compiled in __post_init__
-            upload_options=dict(upload_options) if upload_options else None,
-            **options,
-        )
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> ExportOptions:
+        """Build from the keyword arguments of :func:`aiodicom.export` (or of
+        :func:`aiodicom.dask.export`): those named like a field are taken, the
+        rest (progress, client...) are the caller's."""
+        names = {item.name for item in fields(cls)}
+        return cls(**{name: value for name, value in arguments.items() if name in names})

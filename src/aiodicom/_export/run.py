@@ -132,19 +132,7 @@ async def export(
     TypeError, ValueError
         For an unusable `destination` or `concurrency` (before anything is read).
     """
-    options = ExportOptions.build(
-        template,
-        upload_options,
-        concurrency=concurrency,
-        exist_ok=exist_ok,
-        skip_existing=skip_existing,
-        storage_options=storage_options,
-        source_storage_options=source_storage_options,
-        force=force,
-        enforce_file_format=enforce_file_format,
-        dry_run=dry_run,
-        fail_fast=fail_fast,
-    )
+    options = ExportOptions.from_arguments(locals())
     root = Root.parse(destination, options.storage_options, options.upload_options)
     return await run_export(sources, root, options, progress=progress, total=total)
 

@@ -141,19 +141,7 @@ def export(
         For an unusable `destination`, `client`, `concurrency` or
         `partition_size` (before anything runs).
     """
-    options = ExportOptions.build(
-        template,
-        upload_options,
-        concurrency=concurrency,
-        exist_ok=exist_ok,
-        skip_existing=skip_existing,
-        storage_options=storage_options,
-        source_storage_options=source_storage_options,
-        force=force,
-        enforce_file_format=enforce_file_format,
-        dry_run=dry_run,
-        fail_fast=fail_fast,
-    )
+    options = ExportOptions.from_arguments(locals())
     return run_on_dask(
         sources,
         destination,

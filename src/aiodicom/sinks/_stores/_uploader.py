@@ -37,7 +37,7 @@ from ..._core.rules import Chunk
 from ..._errors import RetryableError, exists_error
 from ..._retry import RetryPolicy
 
-__all__ = ["Options", "PartWriter", "Store"]
+__all__ = ["Options", "PartWriter", "Store", "StoreBase"]
 
 logger = logging.getLogger("aiodicom")
 
@@ -118,6 +118,23 @@ class Store(Protocol):
 
     def invalidate(self) -> None:
         """Forget cached listings of the object's directory (after commit)."""
+
+
+class StoreBase:
+    """What every store adapter keeps: its filesystem and loop, the object's path,
+    bucket (or container) and key, the URL it is reported under, and the options."""
+
+    def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
+        self.fs = fs
+        self.loop: asyncio.AbstractEventLoop = fs.loop
+        self.path = path
+        self.url = url
+        self.bucket, self.key, _ = fs.split_path(path)
+        self.options = options
+
+    def invalidate(self) -> None:
+        """Forget cached listings of the object's directory (after commit)."""
+        self.fs.invalidate_cache(self.path)
 
 
 class PartWriter:

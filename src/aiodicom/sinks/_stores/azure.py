@@ -9,36 +9,30 @@ of that blob).  The Azure SDK retries each request itself; ours are on top.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
 from ..._errors import exists_error
-from ._uploader import Options
+from ._uploader import Options, StoreBase
 
 __all__ = ["AzureStore"]
 
 
-class AzureStore:
-    """One blob on Azure (see ``_remote._Store``)."""
+class AzureStore(StoreBase):
+    """One blob on Azure (see ``_uploader.Store``)."""
 
     part_size_multiple = 1
     min_part_size = 1
     ordered = False
 
     def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
-        self.fs = fs
-        self.url = url
-        self.loop: asyncio.AbstractEventLoop = fs.loop
-        self.path = path
-        self.container, self.blob, _ = fs.split_path(path)
-        self.options = options
+        super().__init__(fs, path, url, options)
         self._prefix = uuid.uuid4().hex
         self._client: Any = None
         self._last_block: str | None = None
 
     async def prepare(self) -> None:
-        self._client = self.fs.service_client.get_blob_client(self.container, self.blob)
+        self._client = self.fs.service_client.get_blob_client(self.bucket, self.key)
 
     def _settings(self) -> dict[str, Any]:
         from azure.storage.blob import ContentSettings
@@ -117,9 +111,6 @@ class AzureStore:
         if isinstance(exc, ClientAuthenticationError):
             return PermissionError(str(exc))
         return exc
-
-    def invalidate(self) -> None:
-        self.fs.invalidate_cache(self.path)
 
 
 def _is_exists(exc: BaseException) -> bool:

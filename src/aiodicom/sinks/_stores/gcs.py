@@ -9,31 +9,25 @@ on top (see ``_remote``).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final
 
 from ..._errors import exists_error
-from ._uploader import Options
+from ._uploader import Options, StoreBase
 
 __all__ = ["GCSStore"]
 
 _QUANTUM: Final = 256 * 1024
 
 
-class GCSStore:
-    """One object on GCS (see ``_remote._Store``)."""
+class GCSStore(StoreBase):
+    """One object on GCS (see ``_uploader.Store``)."""
 
     part_size_multiple = _QUANTUM
     min_part_size = _QUANTUM
     ordered = True
 
     def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
-        self.fs = fs
-        self.url = url
-        self.loop: asyncio.AbstractEventLoop = fs.loop
-        self.path = path
-        self.bucket, self.key, _ = fs.split_path(path)
-        self.options = options
+        super().__init__(fs, path, url, options)
         self.location: str | None = None
         args = dict(options.upload_args)
         self._fixed = args.pop("fixed_key_metadata", None)

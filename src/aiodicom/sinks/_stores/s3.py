@@ -9,11 +9,10 @@ botocore's own.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final
 
 from ..._errors import exists_error
-from ._uploader import Options
+from ._uploader import Options, StoreBase
 
 __all__ = ["S3Store"]
 
@@ -32,20 +31,15 @@ _TRANSIENT_CODES: Final = frozenset(
 _EXISTS_CODES: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
-class S3Store:
-    """One object on S3 (see ``_remote._Store``)."""
+class S3Store(StoreBase):
+    """One object on S3 (see ``_uploader.Store``)."""
 
     part_size_multiple = 1
     min_part_size = 5 * 1024 * 1024  # S3's minimum for all parts but the last
     ordered = False
 
     def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
-        self.fs = fs
-        self.url = url
-        self.loop: asyncio.AbstractEventLoop = fs.loop
-        self.path = path
-        self.bucket, self.key, _ = fs.split_path(path)
-        self.options = options
+        super().__init__(fs, path, url, options)
         self.upload_id: str | None = None
         self._client: Any = None
         self._last_part: dict[str, Any] | None = None
@@ -163,9 +157,6 @@ class S3Store:
             return exists_error(self.url)
         translated: Exception = translate_boto_error(exc)
         return translated
-
-    def invalidate(self) -> None:
-        self.fs.invalidate_cache(self.path)
 
 
 def _status(exc: BaseException) -> int | None:
