@@ -24,6 +24,7 @@ more than one chunk, which is the backpressure).  Its ``abort`` runs shielded.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from contextlib import closing, contextmanager
 from contextvars import ContextVar
@@ -307,6 +308,39 @@ def _write_chunks(
     finally:
         if isinstance(chunks, Generator):
             chunks.close()
+
+
+def write_in_this_thread(
+    sink: Sink,
+    dataset: Dataset,
+    *,
+    exist_ok: bool,
+    enforce_file_format: bool,
+    check: Callable[[], None],
+) -> None:
+    """``dcmwrite(sink, dataset, ...)`` for a synchronous sink, done right here
+    (blocking), for callers that are a worker themselves (an export worker
+    process).  `check` is called between chunks and may raise to stop the write,
+    which is then aborted.  Whole-write retries apply as in :func:`dcmwrite`."""
+    able = capabilities(sink)
+
+    def on_open(encoding: tuple[bool, bool]) -> None:
+        if able.check is not None:
+            able.check(exist_ok=exist_ok)
+
+    attempts = RetryPolicy(able.retries, deadline=None).start()
+    while True:
+        try:
+            plan = prepare(dataset, enforce_file_format=enforce_file_format, on_open=on_open)
+            _write_chunks(sink, plan.chunks(), exist_ok, check=check)
+            return
+        except RetryableError as exc:
+            delay = attempts.next_delay()
+            if delay is None:
+                if exc.__cause__ is None:
+                    raise
+                raise exc.__cause__ from None
+            time.sleep(delay)
 
 
 def _encode_and_write(plan: Callable[[], EncodePlan], sink: Sink, exist_ok: bool) -> None:

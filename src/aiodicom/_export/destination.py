@@ -18,6 +18,7 @@ from ..sinks import (
     is_url,
     resolve,
 )
+from .sources import in_process_memory
 
 __all__ = ["CountingAsyncSink", "CountingSink", "Root"]
 
@@ -73,6 +74,12 @@ class Root:
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"the export destination {folder!r} exists and is not a folder")
         return cls(folder, True)
+
+    @property
+    def shared_between_processes(self) -> bool:
+        """Whether other processes of this machine write into the same place
+        (not so for ``memory://``, which lives in each process's memory)."""
+        return self.is_local or not in_process_memory(self.location)
 
     def join(self, relative: str) -> str:
         """The destination of `relative` (a checked, ``/``-separated path)."""

@@ -50,9 +50,12 @@ class ExportOptions:
     enforce_file_format: bool = False
     dry_run: bool = False
     fail_fast: bool = False
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         check_positive("concurrency", self.concurrency)
+        if self.workers is not None:
+            check_positive("workers", self.workers)
         template: str | Callable[[Dataset], Any] | Template = self.template
         if not isinstance(template, Template):
             object.__setattr__(self, "template", Template(template))

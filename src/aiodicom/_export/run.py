@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import pickle
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -17,12 +19,12 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydicom.dataset import Dataset
 
-from .._driver import dcmwrite, encode_in_threads
-from .destination import Root
+from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
+from .destination import CountingSink, Root
 from .naming import DEFAULT_TEMPLATE, Template
 from .options import ExportOptions
 from .report import ExportProgress, ExportReport, ItemResult, Status, TakenNames, Tally
-from .sources import Source, iter_sources, read_source
+from .sources import Source, count_local, in_process_memory, iter_sources, read_source
 
 __all__ = ["ProgressCallback", "export", "run_export"]
 
@@ -52,6 +54,7 @@ async def export(
     fail_fast: bool = False,
     progress: ProgressCallback | None = None,
     total: int | None = None,
+    workers: int | None = None,
 ) -> ExportReport:
     """Export many DICOM datasets to a folder or an fsspec URL prefix.
 
@@ -119,6 +122,16 @@ async def export(
     total : int, optional
         The number of items, if known; passed on in :class:`ExportProgress` (for
         an ETA).
+    workers : int, optional
+        Worker processes, each with its own event loop, over which the items are
+        shared out (reading and encoding DICOM is CPU work, and one Python process
+        uses one core).  Default: chosen from the sources: one per core available
+        to this process when the sources are paths, folders, globs or URLs (items
+        that cannot travel to a process, such as datasets in memory and file
+        objects, are exported in this process) and there are more than a few;
+        ``1`` otherwise.  ``1``: everything in this process.  `concurrency` is the
+        total over all workers.  A callable `template` must then be picklable (a
+        module-level function).
 
     Returns
     -------
@@ -146,7 +159,14 @@ async def run_export(
     total: int | None = None,
 ) -> ExportReport:
     """Run an export whose settings were checked already (see :func:`export`)."""
-    run = _Run(root, options, progress, Tally(total))
+    workers = choose_workers(sources, options, total, root)
+    if workers > 1:
+        from .processes import run_in_processes
+
+        return await run_in_processes(
+            sources, root, options, workers=workers, progress=progress, total=total
+        )
+    run = Run(root, options, progress, Tally(total))
     send, receive = anyio.create_memory_object_stream[Source](0)
     # Throughput first: encode in the worker threads, as a thread pool would.
     with encode_in_threads():
@@ -156,8 +176,60 @@ async def run_export(
     return run.tally.report(dry_run=options.dry_run)
 
 
+_PROCESSES_FROM: Final = 64
+"""With fewer items than this (when the count is known), starting worker
+processes costs more than it saves."""
+
+
+def choose_workers(
+    sources: Any, options: ExportOptions, total: int | None, root: Root | None = None
+) -> int:
+    """How many worker processes an export of `sources` should use."""
+    if root is not None and not root.is_local:
+        # object stores: their speed comes from many uploads in flight, which one
+        # process's event loop does well; memory:// would be each process's own
+        return 1
+    if options.workers is not None:
+        return options.workers
+    if options.dry_run or (total is not None and total < _PROCESSES_FROM):
+        return 1
+    from .processes import default_workers
+
+    cores = default_workers()
+    if cores < 2 or not _travel(sources) or not _picklable(options):
+        return 1
+    if total is None:
+        total = count_local(_as_list(sources))
+        if total is not None and total < _PROCESSES_FROM:
+            return 1
+    return cores
+
+
+def _as_list(sources: Any) -> list[str]:
+    items = sources if isinstance(sources, list | tuple) else [sources]
+    return [os.fsdecode(os.fspath(item)) for item in items]
+
+
+def _travel(sources: Any) -> bool:
+    """Whether `sources` are names (paths, folders, globs, URLs), which worker
+    processes can read themselves."""
+    items = sources if isinstance(sources, list | tuple) else [sources]
+    return bool(items) and all(
+        isinstance(item, str | os.PathLike) and not in_process_memory(os.fsdecode(item))
+        for item in items
+    )
+
+
+def _picklable(options: ExportOptions) -> bool:
+    try:
+        pickle.dumps(options)
+    except Exception:
+        return False
+    return True
+
+
 async def _run_all(
-    run: _Run,
+    run: Run,
     sources: Any,
     source_storage_options: dict[str, Any] | None,
     concurrency: int,
@@ -182,14 +254,14 @@ async def _produce(
             await send.send(item)
 
 
-async def _work(run: _Run, receive: anyio.abc.ObjectReceiveStream[Source]) -> None:
+async def _work(run: Run, receive: anyio.abc.ObjectReceiveStream[Source]) -> None:
     async with receive:
         async for source in receive:
             result = await run.export_one(source)
             await run.record(result)
 
 
-class _Run:
+class Run:
     """The state of one export: settings, the tally, names already taken."""
 
     def __init__(
@@ -211,6 +283,7 @@ class _Run:
         self.progress = progress
         self.tally = tally
         self.taken = TakenNames()
+        self.claim: Callable[[str], Awaitable[None]] = self._claim_here
         self.cancel_scope: anyio.CancelScope | None = None
         self.progress_lock = anyio.Lock()
         # A first look with deferred values pays off when the item may be skipped
@@ -224,7 +297,7 @@ class _Run:
         try:
             dataset, name = await anyio.to_thread.run_sync(self._read_and_name, source)
             destination = name
-            self.taken.claim(name)
+            await self.claim(name)
             status, count, reason = await self._write(source, dataset, name)
         except Exception as exc:
             logger.debug("export of %s failed", source.label, exc_info=True)
@@ -234,6 +307,69 @@ class _Run:
         return ItemResult(
             source.label, destination, status, count, time.perf_counter() - start, reason
         )
+
+    def export_one_blocking(
+        self,
+        source: Source,
+        claim: Callable[[str], None],
+        check: Callable[[], None],
+    ) -> ItemResult:
+        """:meth:`export_one`, done right here (blocking), for a worker process
+        that exports one item at a time: no thread hops, no GIL to share.
+        `check` is called between chunks and may raise to stop the write."""
+        start = time.perf_counter()
+        destination: str | None = None
+        try:
+            dataset, name = self._read_and_name(source)
+            destination = name
+            claim(name)
+            status, count, reason = self._write_blocking(source, dataset, name, check)
+        except Exception as exc:
+            logger.debug("export of %s failed", source.label, exc_info=True)
+            return ItemResult(
+                source.label, destination, Status.FAILED, 0, time.perf_counter() - start, exc
+            )
+        return ItemResult(
+            source.label, destination, status, count, time.perf_counter() - start, reason
+        )
+
+    def _write_blocking(
+        self,
+        source: Source,
+        dataset: Dataset | None,
+        destination: str,
+        check: Callable[[], None],
+    ) -> tuple[Status, int, BaseException | None]:
+        if self.dry_run:
+            if not self.exist_ok and self.root.exists(destination):
+                exists = FileExistsError(f"{destination!r} exists")
+                if self.skip_existing:
+                    return Status.SKIPPED, 0, exists
+                raise exists
+            return Status.PLANNED, 0, None
+        if dataset is None:
+            dataset = self._read_if_new(source, destination)
+            if dataset is None:
+                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
+        sink = self.root.sink(destination)
+        if not isinstance(sink, CountingSink):
+            raise TypeError(f"{destination!r} needs an async sink: export it in the event loop")
+        try:
+            write_in_this_thread(
+                sink,
+                dataset,
+                exist_ok=self.exist_ok,
+                enforce_file_format=self.enforce_file_format,
+                check=check,
+            )
+        except FileExistsError as exc:
+            if not self.skip_existing:
+                raise
+            return Status.SKIPPED, 0, exc
+        return Status.WRITTEN, sink.count, None
+
+    async def _claim_here(self, name: str) -> None:
+        self.taken.claim(name)
 
     def _read_and_name(self, source: Source) -> tuple[Dataset | None, str]:
         """In a worker thread: read the dataset and name its destination."""

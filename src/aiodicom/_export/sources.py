@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from ..sinks import is_url
 from ..sinks.local import TEMP_SUFFIX
 
-__all__ = ["Source", "count_local", "iter_sources", "read_source"]
+__all__ = ["Source", "count_local", "in_process_memory", "iter_sources", "read_source"]
 
 _BATCH: Final = 256
 _END: Final = object()
@@ -38,6 +38,12 @@ class Source:
     label: str
     kind: Kind
     value: Any
+
+
+def in_process_memory(url: str) -> bool:
+    """Whether `url` names something in this process's memory (``memory://``),
+    which another process cannot reach."""
+    return is_url(url) and "memory" in url.partition("://")[0].split("::")
 
 
 def _label_dataset(dataset: Dataset) -> str:

@@ -129,6 +129,15 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help="files in flight at once (default: 16)",
     )
     parser.add_argument(
+        "--workers",
+        "-w",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes (default: one per core for folders, globs and URLs "
+        "with more than a few files; 1: all in this process)",
+    )
+    parser.add_argument(
         "--no-clobber",
         "-n",
         action="store_true",

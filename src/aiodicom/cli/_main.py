@@ -164,6 +164,7 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         enforce_file_format=args.enforce_file_format,
         dry_run=args.dry_run,
         fail_fast=args.fail_fast,
+        workers=args.workers,
     )
     try:
         root = Root.parse(destination, options.storage_options)

@@ -93,7 +93,7 @@ def export_partition(items: Iterable[Any], job: Job) -> PartitionOutcome:
     if flag is not None and flag.is_set():
         return PartitionOutcome([], 0.0, True, False, worker)
     started = time.perf_counter()
-    options = job.options
+    options = replace(job.options, workers=1)  # the cluster's processes are the workers
     root = Root.parse(job.destination, options.storage_options, options.upload_options)
     report: ExportReport = anyio.run(
         partial(run_export, items, root, options), backend=job.backend

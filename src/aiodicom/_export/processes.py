@@ -1,0 +1,465 @@
+"""Bulk export to a local folder on every core: worker processes.
+
+Reading and encoding DICOM is CPU work that one Python process does on one core.
+:func:`run_in_processes` starts ``workers`` processes (``spawn``: nothing of the
+parent's threads or event loop is inherited) and keeps them fed with items; each
+worker exports one item at a time with the export's own per-item code
+(:meth:`~.run.Run.export_one_blocking`: read, name, write through the same sink,
+the same atomic publish), in its main thread: a process per core already uses the
+cores, and threads inside one would only take turns at the GIL.  The parent keeps
+everything that must be one: the source listing (in order), the duplicate-name
+check (a worker asks before it writes), the tally and the progress callback, the
+report, cancellation.  Items that cannot travel to a process (datasets in memory,
+file objects, ``memory://`` objects) are exported by the parent itself.
+
+Messages (pickled over one duplex pipe per worker):
+
+* parent -> worker: ``("items", [(seq, kind, label), ...])``, ``("claim", seq,
+  error_or_None)``, ``("end",)`` (no more items: finish and say done),
+  ``("stop",)`` (cancel what is in flight, cleanly, and say done);
+* worker -> parent: ``("claim", seq, name)``, ``("results", [(seq, ItemResult),
+  ...])``, ``("done",)``.
+
+A stopped worker aborts the write in progress (checked between chunks: nothing
+half-written) and still reports every item it finished, so the report lists every
+destination that holds its bytes.  Workers ignore Ctrl-C (it reaches the whole
+process group): the parent decides, and tells them to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+
+from .._driver import encode_in_threads
+from .._errors import RemoteError
+from .destination import Root
+from .options import ExportOptions
+from .report import ExportProgress, ExportReport, ItemResult, Status, TakenNames, Tally
+from .run import Run
+from .sources import Source, in_process_memory, iter_sources
+
+__all__ = ["default_workers", "run_in_processes"]
+
+logger = logging.getLogger("aiodicom.export")
+
+_BATCH: Final = 32
+"""Items sent to a worker at a time, and results sent back at a time."""
+_FLUSH_EVERY: Final = 0.05
+"""Seconds a worker waits at most before sending the results it has."""
+_STOP_GRACE: Final = 30.0
+"""Seconds a stopped worker gets to abort its writes before it is killed."""
+_TRAVELS: Final = frozenset({"path", "url"})
+
+ProgressCallback = Callable[[ExportProgress], object | Awaitable[object]]
+
+
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def portable(item: ItemResult) -> ItemResult:
+    """`item`, with its error replaced by a :class:`~aiodicom.RemoteError` if the
+    error cannot be pickled (it has to travel back to the parent)."""
+    error = item.error
+    if error is None:
+        return item
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        from .report import describe_error
+
+        return replace(item, error=RemoteError(describe_error(error)))
+    return item
+
+
+# ------------------------------------------------------------------------ worker side
+
+
+def worker_main(
+    connection: multiprocessing.connection.Connection,
+    root: Root,
+    options: ExportOptions,
+) -> None:
+    """The entry point of a worker process."""
+    # Ctrl-C reaches the whole process group; the parent decides, and tells us to
+    # stop cleanly (SIGTERM is the parent's too).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _BlockingWorker(connection, root, options).serve()
+    finally:
+        connection.close()
+
+
+class _Stopped(BaseException):
+    """The parent said stop: the write in progress is aborted, not reported."""
+
+
+class _BlockingWorker:
+    """A worker for local destinations: one item at a time, in the main thread.
+
+    A process per core already uses the cores; inside one, threads would only
+    take turns at the GIL (and make every message wait for it).  So items are
+    read, named, claimed (one round trip to the parent) and written in a row,
+    with the parent's messages read between items and between chunks.
+    """
+
+    def __init__(
+        self,
+        connection: multiprocessing.connection.Connection,
+        root: Root,
+        options: ExportOptions,
+    ) -> None:
+        self.connection = connection
+        self.options = options
+        self.run = Run(root, options, None, Tally(None))
+        self.pending: deque[tuple[int, str, str]] = deque()
+        self.answers: dict[int, BaseException | None] = {}
+        self.ended = False
+        self.stopped = False
+        self.results: list[tuple[int, ItemResult]] = []
+        self.flushed = time.monotonic()
+
+    def serve(self) -> None:
+        storage = self.options.source_storage_options
+        try:
+            while not self.stopped:
+                if not self.pending:
+                    if self.ended:
+                        break
+                    self.flush()
+                    self._handle(self._receive())
+                    continue
+                self._poll()
+                if self.stopped:
+                    break
+                seq, kind, label = self.pending.popleft()
+                source = _source(kind, label, storage)
+                try:
+                    result = self.run.export_one_blocking(
+                        source, functools.partial(self._claim, seq), self._check
+                    )
+                except _Stopped:
+                    break
+                self.results.append((seq, portable(result)))
+                if len(self.results) >= _BATCH or time.monotonic() - self.flushed > _FLUSH_EVERY:
+                    self.flush()
+        except (EOFError, OSError):  # the parent is gone: nothing to report to
+            return
+        self.flush()
+        self.connection.send(("done",))
+
+    def _receive(self) -> tuple[Any, ...]:
+        message: tuple[Any, ...] = self.connection.recv()
+        return message
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "items":
+            self.pending.extend(message[1])
+        elif kind == "claim":
+            self.answers[message[1]] = message[2]
+        elif kind == "end":
+            self.ended = True
+        else:
+            self.stopped = True
+
+    def _poll(self) -> None:
+        while self.connection.poll(0):
+            self._handle(self._receive())
+
+    def _check(self) -> None:
+        self._poll()
+        if self.stopped:
+            raise _Stopped
+
+    def _claim(self, seq: int, name: str) -> None:
+        self.connection.send(("claim", seq, name))
+        while seq not in self.answers:
+            self._handle(self._receive())
+            if self.stopped:
+                raise _Stopped
+        error = self.answers.pop(seq)
+        if error is not None:
+            raise error
+
+    def flush(self) -> None:
+        if self.results:
+            results, self.results = self.results, []
+            self.connection.send(("results", results))
+        self.flushed = time.monotonic()
+
+
+def _source(kind: str, label: str, storage_options: dict[str, Any] | None) -> Source:
+    if kind == "path":
+        return Source(label, "path", label)
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(label, **(storage_options or {}))
+    return Source(label, "url", (fs, path))
+
+
+# ------------------------------------------------------------------------ parent side
+
+
+@dataclass(eq=False)
+class _Process:
+    """One worker process, seen from the parent."""
+
+    process: Any
+    connection: multiprocessing.connection.Connection
+    window: int
+    outstanding: dict[int, str] = field(default_factory=dict)
+    done: bool = False
+    stopped: bool = False
+    send_lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    @property
+    def room(self) -> int:
+        return 0 if self.done else self.window - len(self.outstanding)
+
+    async def send(self, message: tuple[Any, ...]) -> None:
+        if self.done:
+            return
+        # a worker that died cannot be told anything; its listener reports its items
+        async with self.send_lock:
+            with contextlib.suppress(OSError, EOFError):
+                await anyio.to_thread.run_sync(self.connection.send, message)
+
+
+async def run_in_processes(
+    sources: Any,
+    root: Root,
+    options: ExportOptions,
+    *,
+    workers: int,
+    progress: ProgressCallback | None,
+    total: int | None,
+) -> ExportReport:
+    """Export with `workers` worker processes; the report and progress are as for
+    the single-process export."""
+    pool = _Pool(root, options, workers, progress, total)
+    return await pool.run(sources)
+
+
+class _Pool:
+    def __init__(
+        self,
+        root: Root,
+        options: ExportOptions,
+        workers: int,
+        progress: ProgressCallback | None,
+        total: int | None,
+    ) -> None:
+        self.root = root
+        self.options = options
+        self.workers = workers
+        self.progress = progress
+        self.tally = Tally(total)
+        self.taken = TakenNames()
+        self.processes: list[_Process] = []
+        self.room = anyio.Event()
+        self.all_done = anyio.Event()
+        self.progress_lock = anyio.Lock()
+        self.local = Run(root, options, None, self.tally)
+        self.local.claim = self._claim_local
+        self.feed_scope = anyio.CancelScope()
+        self.callback_error: BaseException | None = None
+        # Items in flight over all workers: the user's concurrency, shared out.
+        self.per_worker = max(1, -(-options.concurrency // workers))
+
+    async def run(self, sources: Any) -> ExportReport:
+        context = multiprocessing.get_context("spawn")
+        for _ in range(self.workers):
+            parent_end, child_end = context.Pipe(duplex=True)
+            process = context.Process(
+                target=worker_main,
+                args=(child_end, self.root, self.options),
+                daemon=True,
+                name="aiodicom-export",
+            )
+            process.start()
+            child_end.close()
+            window = max(2 * self.per_worker, 2 * _BATCH)
+            self.processes.append(_Process(process, parent_end, window))
+        try:
+            async with anyio.create_task_group() as listeners:
+                for worker in self.processes:
+                    listeners.start_soon(self._listen, worker)
+                try:
+                    with self.feed_scope:
+                        async with anyio.create_task_group() as here:
+                            await self._feed(sources, here)
+                    if self.feed_scope.cancel_called:  # fail-fast, or the callback raised
+                        await self._stop_all(listeners)
+                    else:
+                        for worker in self.processes:
+                            await worker.send(("end",))
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self._stop_all(listeners)
+                    raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._reap()
+        if self.callback_error is not None:
+            raise self.callback_error
+        return self.tally.report(dry_run=self.options.dry_run)
+
+    async def _feed(self, sources: Any, here: anyio.abc.TaskGroup) -> None:
+        """Hand the sources out, in order, to whichever worker has room."""
+        limiter = anyio.Semaphore(self.per_worker)
+        seq = 0
+        batches: dict[_Process, list[tuple[int, str, str]]] = {}
+        storage = self.options.source_storage_options
+        async with aclosing(iter_sources(sources, storage)) as items:
+            async for source in items:
+                seq += 1
+                if source.kind not in _TRAVELS or in_process_memory(source.label):
+                    # datasets, file objects, errors, memory:// objects
+                    await limiter.acquire()
+                    here.start_soon(self._here, source, limiter)
+                    continue
+                worker = await self._worker_with_room(batches)
+                worker.outstanding[seq] = source.label
+                batch = batches.setdefault(worker, [])
+                batch.append((seq, source.kind, source.label))
+                if len(batch) >= _BATCH or worker.room == 0:
+                    await worker.send(("items", batches.pop(worker)))
+        for worker, batch in batches.items():
+            await worker.send(("items", batch))
+
+    async def _worker_with_room(
+        self, batches: dict[_Process, list[tuple[int, str, str]]]
+    ) -> _Process:
+        while True:
+            alive = [worker for worker in self.processes if not worker.done]
+            if not alive:
+                raise RuntimeError("every export worker process ended")
+            best = max(alive, key=lambda worker: worker.room)
+            if best.room > 0:
+                return best
+            for worker in list(batches):  # nobody has room: send what waits
+                await worker.send(("items", batches.pop(worker)))
+            self.room = anyio.Event()
+            await self.room.wait()
+
+    async def _here(self, source: Source, limiter: anyio.Semaphore) -> None:
+        """An item that cannot travel to a worker, exported in this process."""
+        try:
+            with encode_in_threads():
+                result = await self.local.export_one(source)
+            await self._record(result)
+        finally:
+            limiter.release()
+
+    async def _claim_local(self, name: str) -> None:
+        self.taken.claim(name)
+
+    async def _listen(self, worker: _Process) -> None:
+        """Take one worker's messages until it is done (shielded: a listener must
+        see every result, even while the export is being cancelled)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._receive(worker)
+            finally:
+                worker.done = True
+                self.room.set()
+                if all(other.done for other in self.processes):
+                    self.all_done.set()
+                lost = list(worker.outstanding.values())
+                worker.outstanding.clear()
+                if lost and not worker.stopped:
+                    error = RuntimeError(
+                        "the export worker process ended (exit status "
+                        f"{worker.process.exitcode}) before this item was finished"
+                    )
+                    for label in lost:
+                        await self._record(ItemResult(label, None, Status.FAILED, 0, 0.0, error))
+
+    async def _receive(self, worker: _Process) -> None:
+        connection = worker.connection
+        while True:
+            try:
+                message = await anyio.to_thread.run_sync(connection.recv)
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "claim":
+                _, seq, name = message
+                try:
+                    self.taken.claim(name)
+                    error: BaseException | None = None
+                except Exception as exc:
+                    error = exc
+                await worker.send(("claim", seq, error))
+            elif kind == "results":
+                for seq, result in message[1]:
+                    worker.outstanding.pop(seq, None)
+                    await self._record(result)
+                self.room.set()
+            elif kind == "done":
+                return
+
+    async def _record(self, result: ItemResult) -> None:
+        async with self.progress_lock:
+            now = self.tally.add(result)
+            if self.progress is not None and self.callback_error is None:
+                try:
+                    outcome = self.progress(now)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:  # raised to the caller as it is, once stopped
+                    self.callback_error = exc
+                    self.feed_scope.cancel()
+        if self.options.fail_fast and result.status is Status.FAILED:
+            self.tally.stopped_early = True
+            self.feed_scope.cancel()
+
+    async def _stop_all(self, listeners: anyio.abc.TaskGroup) -> None:
+        """Tell every running worker to stop (cleanly), and kill those that have
+        not finished after a grace period."""
+        self.tally.stopped_early = True
+        for worker in self.processes:
+            worker.stopped = True
+            await worker.send(("stop",))
+        listeners.start_soon(self._kill_stragglers)
+
+    async def _kill_stragglers(self) -> None:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_STOP_GRACE):
+                await self.all_done.wait()
+                return
+            for worker in self.processes:
+                if not worker.done:
+                    logger.warning("aiodicom: an export worker did not stop in time; killed")
+                    worker.process.kill()
+
+    async def _reap(self) -> None:
+        for worker in self.processes:
+            process = worker.process
+            await anyio.to_thread.run_sync(process.join, 10.0)
+            if process.is_alive():
+                process.kill()
+                await anyio.to_thread.run_sync(process.join)
+            worker.connection.close()
