@@ -70,6 +70,7 @@ __all__ = [
     "random_image",
     "raw_from_file",
     "unencapsulated_compressed",
+    "variety",
 ]
 
 _SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.1234567890123456789"
@@ -407,6 +408,19 @@ def implicit_little(size: int = 32) -> FileDataset:
     ds = ct_slice(size, size)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     return ds
+
+
+def variety() -> list[FileDataset]:
+    """One small dataset of each main kind: explicit little endian, deflated, big
+    endian, deep sequences, encapsulated frames, long values (fresh each call)."""
+    return [
+        ct_slice(),
+        deflated(),
+        big_endian(),
+        deep_sequences(),
+        encapsulated_multiframe(),
+        long_values(),
+    ]
 
 
 def random_image(n_bytes: int = 512 * 512 * 2, seed: int = 0) -> Dataset:

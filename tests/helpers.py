@@ -566,14 +566,14 @@ def _destination_encoding(destination: Any) -> tuple[Any, Any] | None:
     return None
 
 
-def write_pydicom(
-    ds: Dataset, destination: Any, options: Options, read: Callable[[], bytes]
-) -> Outcome:
-    """Run :func:`pydicom.dcmwrite` and record what it did."""
+@contextlib.contextmanager
+def _observing(ds: Dataset, destination: Any, read: Callable[[], bytes]) -> Iterator[Outcome]:
+    """Record what the write in the block did: its error (suppressed) or else its
+    output (``read()``), its warnings, the dataset and the destination after it."""
     outcome = Outcome()
     with record_warnings() as rec:
         try:
-            pydicom.dcmwrite(destination, ds, *options.args, **options.keywords)
+            yield outcome
         except Exception as exc:
             outcome.error = error_key(exc)
         else:
@@ -581,6 +581,14 @@ def write_pydicom(
     outcome.warnings = rec.result()
     outcome.state = dataset_state(ds)
     outcome.destination_encoding = _destination_encoding(destination)
+
+
+def write_pydicom(
+    ds: Dataset, destination: Any, options: Options, read: Callable[[], bytes]
+) -> Outcome:
+    """Run :func:`pydicom.dcmwrite` and record what it did."""
+    with _observing(ds, destination, read) as outcome:
+        pydicom.dcmwrite(destination, ds, *options.args, **options.keywords)
     return outcome
 
 
@@ -588,17 +596,8 @@ async def write_aiodicom(
     ds: Dataset, destination: Any, options: Options, read: Callable[[], bytes]
 ) -> Outcome:
     """Run :func:`aiodicom.dcmwrite` and record what it did."""
-    outcome = Outcome()
-    with record_warnings() as rec:
-        try:
-            await aiodicom.dcmwrite(destination, ds, *options.args, **options.keywords)
-        except Exception as exc:
-            outcome.error = error_key(exc)
-        else:
-            outcome.output = read()
-    outcome.warnings = rec.result()
-    outcome.state = dataset_state(ds)
-    outcome.destination_encoding = _destination_encoding(destination)
+    with _observing(ds, destination, read) as outcome:
+        await aiodicom.dcmwrite(destination, ds, *options.args, **options.keywords)
     return outcome
 
 
