@@ -607,35 +607,35 @@ def assert_same(expected: Outcome, actual: Outcome, context: str) -> None:
     Fails with a short message of its own: pytest's diff of two large dataset
     states would take minutes and gigabytes.
     """
+    difference = _outcome_difference(expected, actual)
+    if difference is not None:
+        pytest.fail(f"{context}: {difference}", pytrace=False)
+
+
+def _outcome_difference(expected: Outcome, actual: Outcome) -> str | None:
+    """The first way the outcomes differ, briefly, or ``None``."""
     if actual.error != expected.error:
-        pytest.fail(
-            f"{context}: pydicom {expected.describe()!r} but aiodicom {actual.describe()!r}",
-            pytrace=False,
-        )
+        return f"pydicom {expected.describe()!r} but aiodicom {actual.describe()!r}"
     if expected.error is None and actual.output != expected.output:
-        pytest.fail(
-            f"{context}: output differs ({expected.describe()} vs {actual.describe()}), "
-            f"first difference at {_first_difference(expected.output, actual.output)}",
-            pytrace=False,
+        where = _first_difference(expected.output, actual.output)
+        return (
+            f"output differs ({expected.describe()} vs {actual.describe()}), "
+            f"first difference at {where}"
         )
     if actual.warnings != expected.warnings:
-        pytest.fail(
-            f"{context}: warnings differ: pydicom {expected.warnings!r:.2000} "
-            f"aiodicom {actual.warnings!r:.2000}",
-            pytrace=False,
+        return (
+            f"warnings differ: pydicom {expected.warnings!r:.2000} "
+            f"aiodicom {actual.warnings!r:.2000}"
         )
     if actual.state != expected.state:
-        pytest.fail(
-            f"{context}: dataset state after write differs: "
-            f"{_state_difference(expected.state, actual.state)}",
-            pytrace=False,
-        )
+        where = _state_difference(expected.state, actual.state)
+        return f"dataset state after write differs: {where}"
     if actual.destination_encoding != expected.destination_encoding:
-        pytest.fail(
-            f"{context}: DicomBytesIO encoding differs: pydicom "
-            f"{expected.destination_encoding} aiodicom {actual.destination_encoding}",
-            pytrace=False,
+        return (
+            f"DicomBytesIO encoding differs: pydicom {expected.destination_encoding} "
+            f"aiodicom {actual.destination_encoding}"
         )
+    return None
 
 
 def _state_difference(a: Any, b: Any, path: str = "") -> str:
