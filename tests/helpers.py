@@ -381,6 +381,18 @@ class AsyncRecordingWriter:
             await self.inner.abort()
 
 
+class WriteOnly:
+    """A destination with only ``write()``: a socket, an HTTP body, a pipe wrapper
+    (pydicom #154).  What it was given is in `data`."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: Any) -> int:
+        self.data += data
+        return memoryview(data).nbytes
+
+
 class HashingFile:
     """A write-only file object (``write``, ``tell``; ``seek`` unsupported) keeping
     only a SHA-256 and a length: for comparing writes of hundreds of MiB without

@@ -28,6 +28,7 @@ import aiodicom
 from tests import datasets
 from tests.helpers import (
     Options,
+    WriteOnly,
     assert_same,
     error_key,
     listing,
@@ -400,15 +401,6 @@ async def test_storage_options_without_url(kind: str, tmp_path: Path) -> None:
 
 async def test_write_only_destination_accepted() -> None:
     """pydicom needs seek()/tell(); a destination with only write() works for us."""
-
-    class WriteOnly:
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def write(self, data: Any) -> int:
-            self.data += data
-            return memoryview(data).nbytes
-
     with pytest.raises(TypeError, match="but got WriteOnly"):
         pydicom.dcmwrite(WriteOnly(), datasets.ct_slice(4, 4))
     sink = WriteOnly()

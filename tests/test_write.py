@@ -27,6 +27,7 @@ from tests.helpers import (
     AsyncRecordingSink,
     FailingFile,
     RecordingSink,
+    WriteOnly,
     drained,
     listing,
     open_fds,
@@ -323,17 +324,6 @@ async def test_dicombytesio_gets_encoding_like_pydicom() -> None:
     pydicom.dcmwrite(theirs, deepcopy(ds), implicit_vr=False, little_endian=True)
     assert ours.getvalue() == theirs.getvalue()
     assert (ours.is_little_endian, ours.is_implicit_VR) == (True, False)
-
-
-class WriteOnly:
-    """Only ``write()``: a socket, an HTTP body, a pipe wrapper (pydicom #154)."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, b: bytes) -> int:
-        self.data += b
-        return len(b)
 
 
 async def test_write_only_destination() -> None:
