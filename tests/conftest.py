@@ -13,6 +13,9 @@ from tests.servers import (  # noqa: F401 (fixtures, registered by being importe
     s3_storage_options,
 )
 
+# assert statements in the shared modules report like those of test modules
+pytest.register_assert_rewrite("tests.datasets", "tests.helpers")
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
@@ -33,14 +35,18 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     RLELossless,
     SecondaryCaptureImageStorage,
+    generate_uid,
 )
 
 __all__ = [
     "GENERATED",
+    "PYDICOM_FILES",
+    "PYDICOM_ROOT",
     "ambiguous_vr",
     "big_endian",
     "buffered_pixel_data",
     "buffered_variants",
+    "by_source_name",
     "bytearray_values",
     "close_buffers",
     "closed_buffer",
@@ -60,8 +66,11 @@ __all__ = [
     "no_file_meta",
     "odd_length_ob",
     "private_tags",
+    "racer",
+    "random_image",
     "raw_from_file",
     "unencapsulated_compressed",
+    "variety",
 ]
 
 _SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.1234567890123456789"
@@ -401,6 +410,53 @@ def implicit_little(size: int = 32) -> FileDataset:
     return ds
 
 
+def variety() -> list[FileDataset]:
+    """One small dataset of each main kind: explicit little endian, deflated, big
+    endian, deep sequences, encapsulated frames, long values (fresh each call)."""
+    return [
+        ct_slice(),
+        deflated(),
+        big_endian(),
+        deep_sequences(),
+        encapsulated_multiframe(),
+        long_values(),
+    ]
+
+
+def random_image(n_bytes: int = 512 * 512 * 2, seed: int = 0) -> Dataset:
+    """A minimal image dataset with `n_bytes` of random native Pixel Data (and a
+    new SOP Instance UID each call); `seed` picks the pixels and the patient name."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientName = f"Test^Seed{seed}"
+    ds.Columns = 512
+    ds.Rows = min(max(1, n_bytes // 1024), 512)
+    ds.NumberOfFrames = max(1, n_bytes // (512 * 512 * 2))
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.SamplesPerPixel = 1
+    ds.PixelRepresentation = 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(0, 4096, n_bytes // 2, dtype="<u2").tobytes()
+    return ds
+
+
+def racer(i: int, pixels: int = 32 * 1024) -> FileDataset:
+    """Racer number `i` of an exclusive-create race: a multi-frame of `pixels`
+    bytes whose patient name tells the racers apart (importable by the
+    subprocesses of a race across processes)."""
+    ds = multiframe(pixels)
+    ds.PatientName = f"Racer^{i}"
+    return ds
+
+
 def _write_reference(ds: Dataset, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
@@ -482,3 +538,17 @@ def close_buffers(ds: Dataset) -> None:
         value = getattr(elem, "value", None)
         if isinstance(value, io.IOBase):
             value.close()
+
+
+# --- pydicom's own test files, as export sources ---------------------------------------
+
+PYDICOM_FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
+"""Every file pydicom ships as test data (folders left out)."""
+PYDICOM_ROOT = os.path.commonpath(PYDICOM_FILES)
+
+
+def by_source_name(dataset: Dataset) -> str:
+    """An export template naming outputs after their source file under
+    :data:`PYDICOM_ROOT` (pydicom's test files share UIDs).  Module-level, so Dask
+    workers can import it."""
+    return os.path.relpath(dataset.filename, PYDICOM_ROOT).replace(os.sep, "/")

@@ -8,20 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
 from aiodicom.cli import DEMO_FILES, main, parse_storage_options
 from tests import datasets
+from tests.helpers import pydicom_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def pydicom_bytes(path: str | Path) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, pydicom.dcmread(path, force=True))
-    return buffer.getvalue()
 
 
 @pytest.fixture

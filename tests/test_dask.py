@@ -8,7 +8,6 @@ import io
 import os
 import signal
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,28 +17,22 @@ import dask.bag as db
 import pydicom
 import pytest
 from distributed import Client, LocalCluster
-from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileDataset
 
 import aiodicom
 from aiodicom import DuplicateDestinationError, ExportProgress, Status, TemplateError
 from aiodicom import dask as aiodask
 from tests import datasets
+from tests.datasets import PYDICOM_FILES, by_source_name
+from tests.helpers import pydicom_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-PYDICOM_FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
-PYDICOM_ROOT = os.path.commonpath(PYDICOM_FILES)
 TEMP_SUFFIX = ".aiodicom-tmp"
 
 
 # --------------------------------------------------------------------- helpers
 # Module-level functions: the workers import them from this module.
-
-
-def by_source_name(dataset: Dataset) -> str:
-    """Name outputs after their source file (pydicom's test files share UIDs)."""
-    return os.path.relpath(dataset.filename, PYDICOM_ROOT).replace(os.sep, "/")
 
 
 def ct(number: int, size: int = 64) -> FileDataset:
@@ -49,18 +42,6 @@ def ct(number: int, size: int = 64) -> FileDataset:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.InstanceNumber = number
     return ds
-
-
-def pydicom_bytes(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset)
-    return buffer.getvalue()
-
-
-def read(path: str) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, force=True)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -177,20 +158,13 @@ def test_pydicom_files_on_two_workers_match_the_single_machine_export(
     for item in report.items:
         if item.status is Status.WRITTEN:
             assert item.destination is not None
-            assert Path(item.destination).read_bytes() == pydicom_bytes(read(item.source))
+            assert Path(item.destination).read_bytes() == pydicom_bytes(item.source)
 
 
 def test_generated_datasets_in_memory_and_from_a_bag_match_pydicom(
     tmp_path: Path, client: Client
 ) -> None:
-    generated: list[FileDataset] = [
-        datasets.ct_slice(),
-        datasets.deflated(),
-        datasets.big_endian(),
-        datasets.deep_sequences(),
-        datasets.encapsulated_multiframe(),
-        datasets.long_values(),
-    ]
+    generated = datasets.variety()
     for number, ds in enumerate(generated):
         ds.SOPInstanceUID = f"1.2.3.{number}"
     expected = {f"{ds.SOPInstanceUID}.dcm": pydicom_bytes(ds) for ds in generated}
@@ -254,7 +228,7 @@ def test_s3_on_two_workers_matches_the_single_machine_export(
     for item in report.items:
         if item.status is Status.WRITTEN:
             assert item.destination is not None
-            assert fs.cat_file(item.destination) == pydicom_bytes(read(item.source))
+            assert fs.cat_file(item.destination) == pydicom_bytes(item.source)
 
 
 def test_sources_travel_as_references_and_are_read_on_the_workers(

@@ -18,7 +18,6 @@ docs/guarantees.md ("Local files: the edges").
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import shutil
@@ -26,32 +25,19 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
-from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 
 import aiodicom
-from aiodicom.sinks import Chunk
 from tests.datasets import ct_slice, multiframe
+from tests.helpers import RecordingSink, drained, listing, pydicom_bytes
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def reference(ds: Dataset) -> bytes:
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, deepcopy(ds))
-    return out.getvalue()
-
-
-def listing(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory))
 
 
 # --- overwrite: new inode ------------------------------------------------------------
@@ -66,7 +52,7 @@ async def test_overwrite_new_inode_hard_link_keeps_old_mode_kept(tmp_path: Path)
     inode = path.stat().st_ino
     ds = ct_slice(16, 16)
     await aiodicom.dcmwrite(path, ds)
-    assert path.read_bytes() == reference(ds)
+    assert path.read_bytes() == pydicom_bytes(ds)
     assert path.stat().st_ino != inode  # a new file took the name
     assert link.read_bytes() == b"old content"  # the hard link is broken off
     assert link.stat().st_nlink == 1
@@ -105,7 +91,7 @@ async def test_symlink_into_other_directory_temp_beside_target(tmp_path: Path) -
     ds = ct_slice(16, 16)
     await aiodicom.dcmwrite(links / "l.dcm", ds)
     assert (links / "l.dcm").is_symlink()
-    assert target.read_bytes() == reference(ds)
+    assert target.read_bytes() == pydicom_bytes(ds)
     assert listing(links) == ["l.dcm"]
     assert listing(data) == ["t.dcm"]
 
@@ -119,7 +105,7 @@ async def test_symlink_chain_is_followed(tmp_path: Path) -> None:
     await aiodicom.dcmwrite(tmp_path / "a.dcm", ds)
     assert (tmp_path / "a.dcm").is_symlink()
     assert (tmp_path / "b.dcm").is_symlink()
-    assert target.read_bytes() == reference(ds)
+    assert target.read_bytes() == pydicom_bytes(ds)
     assert listing(tmp_path) == ["a.dcm", "b.dcm", "t.dcm"]
 
 
@@ -176,51 +162,21 @@ async def test_dev_null_exclusive_refused_like_pydicom() -> None:
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
-class _FailAt:
-    """A sink wrapper whose `fail_at`-th write raises."""
-
-    def __init__(self, inner: Any, fail_at: int) -> None:
-        self.inner, self.fail_at, self.writes = inner, fail_at, 0
-
-    def open(self, *, exist_ok: bool) -> Any:
-        writer = self.inner.open(exist_ok=exist_ok)
-        outer = self
-
-        class W:
-            def write(self, chunk: Chunk, /) -> None:
-                outer.writes += 1
-                if outer.writes == outer.fail_at:
-                    raise OSError("injected")
-                writer.write(chunk)
-
-            def commit(self) -> None:
-                writer.commit()
-
-            def abort(self) -> None:
-                writer.abort()
-
-        return W()
-
-
 async def test_fifo_failure_part_way_stays_a_fifo(tmp_path: Path) -> None:
     """A FIFO is written in place; a failed write cannot take back what the reader
     already got (documented), but the FIFO is never replaced by a regular file."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    received = bytearray()
-
-    def drain() -> None:
-        with open(fifo, "rb") as f:
-            while data := f.read(65536):
-                received.extend(data)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
     ds = multiframe(9 * 1024 * 1024)
-    with pytest.raises(OSError, match="injected"):
-        await aiodicom.dcmwrite(_FailAt(aiodicom.sinks.LocalFile(fifo), 3), ds)
-    reader.join(10)
-    expected = reference(ds)
+    sink = RecordingSink(
+        aiodicom.sinks.LocalFile(fifo),
+        fail_at=3,
+        error=lambda what: OSError(f"injected: {what}"),
+        keep="nothing",
+    )
+    with drained(fifo) as received, pytest.raises(OSError, match="injected"):
+        await aiodicom.dcmwrite(sink, ds)
+    expected = pydicom_bytes(ds)
     assert 0 < len(received) < len(expected)
     assert expected.startswith(bytes(received))
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
@@ -300,9 +256,10 @@ _ENOSPC_SCENARIO = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     import anyio, aiodicom, pydicom
     from tests.datasets import multiframe
+    from tests.helpers import open_fds
     directory = sys.argv[1]
     out = {}
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = len(open_fds())
 
     def attempt(name, ds, **kwargs):
         try:
@@ -330,7 +287,7 @@ _ENOSPC_SCENARIO = textwrap.dedent(
     pydicom.dcmwrite(buf, multiframe(100_000))
     out["small_ok"] = open(os.path.join(directory, "small.dcm"), "rb").read() == buf.getvalue()
     out["listing"] = sorted(os.listdir(directory))
-    out["fds_back"] = len(os.listdir("/proc/self/fd")) == fds
+    out["fds_back"] = len(open_fds()) == fds
     print(json.dumps(out))
     """
 )
@@ -435,7 +392,7 @@ async def test_longest_names_work_temp_name_fits(
     assert len(os.fsencode(name)) <= _NAME_MAX
     ds = ct_slice(8, 8)
     await aiodicom.dcmwrite(tmp_path / name, ds, exist_ok=exist_ok)
-    assert (tmp_path / name).read_bytes() == reference(ds)
+    assert (tmp_path / name).read_bytes() == pydicom_bytes(ds)
     assert listing(tmp_path) == [name]
 
 

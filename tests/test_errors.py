@@ -26,7 +26,16 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 import aiodicom
 from tests import datasets
-from tests.test_parity import Options, assert_same, error_key, write_aiodicom, write_pydicom
+from tests.helpers import (
+    Options,
+    WriteOnly,
+    assert_same,
+    error_key,
+    listing,
+    pydicom_bytes,
+    write_aiodicom,
+    write_pydicom,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -179,10 +188,6 @@ CASES = [
 ]
 
 
-def _listing(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 async def test_bad_input(case: Case, tmp_path: Path) -> None:
     theirs, ours = tmp_path / "pydicom", tmp_path / "aiodicom"
@@ -195,7 +200,7 @@ async def test_bad_input(case: Case, tmp_path: Path) -> None:
     actual = await write_aiodicom(case.make(), target, case.options, target.read_bytes)
     assert expected.error is not None, f"{case.name}: pydicom accepted it"
     assert_same(expected, actual, f"{case.name} -> new path")
-    assert _listing(ours) == [], "something was created"
+    assert listing(ours) == [], "something was created"
     assert (theirs / "new.dcm").exists() == case.pydicom_creates_file
 
     # an existing file, both with exist_ok (default) and overwrite=False
@@ -208,7 +213,7 @@ async def test_bad_input(case: Case, tmp_path: Path) -> None:
             assert_same(expected, actual, f"{case.name} {options} -> existing path")
         assert actual.error is not None
         assert existing.read_bytes() == OLD_CONTENT
-        assert _listing(ours) == ["old.dcm"], "a temporary file remains"
+        assert listing(ours) == ["old.dcm"], "a temporary file remains"
 
     # a BytesIO and a DicomBytesIO holding content, positioned mid-way
     for kind in ("BytesIO", "DicomBytesIO"):
@@ -311,7 +316,7 @@ async def test_exist_ok_and_overwrite_together(tmp_path: Path) -> None:
             await aiodicom.dcmwrite(
                 target, datasets.ct_slice(4, 4), exist_ok=exist_ok, overwrite=overwrite
             )
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 async def test_overwrite_false_is_exist_ok_false(tmp_path: Path) -> None:
@@ -330,34 +335,29 @@ async def test_overwrite_false_is_exist_ok_false(tmp_path: Path) -> None:
             str(ours),
         )
         assert ours.read_bytes() == OLD_CONTENT
-    assert _listing(tmp_path) == ["aiodicom.dcm", "pydicom.dcm"]
+    assert listing(tmp_path) == ["aiodicom.dcm", "pydicom.dcm"]
 
 
 async def test_overwrite_true_replaces(tmp_path: Path) -> None:
-    reference = io.BytesIO()
-    pydicom.dcmwrite(reference, datasets.ct_slice(4, 4))
     target = tmp_path / "x.dcm"
     target.write_bytes(OLD_CONTENT)
     await aiodicom.dcmwrite(target, datasets.ct_slice(4, 4), overwrite=True)
-    assert target.read_bytes() == reference.getvalue()
+    assert target.read_bytes() == pydicom_bytes(datasets.ct_slice(4, 4))
 
 
 async def test_exist_ok_false_new_file(tmp_path: Path) -> None:
-    reference = io.BytesIO()
-    pydicom.dcmwrite(reference, datasets.ct_slice(4, 4))
+    expected = pydicom_bytes(datasets.ct_slice(4, 4))
     for keyword in ("overwrite", "exist_ok"):
         target = tmp_path / f"{keyword}.dcm"
         await aiodicom.dcmwrite(target, datasets.ct_slice(4, 4), **{keyword: False})
-        assert target.read_bytes() == reference.getvalue()
+        assert target.read_bytes() == expected
 
 
 async def test_exist_ok_ignored_for_file_objects() -> None:
     """pydicom ignores overwrite for file-likes; so do we."""
-    reference = io.BytesIO()
-    pydicom.dcmwrite(reference, datasets.ct_slice(4, 4), overwrite=False)
     buffer = io.BytesIO()
     await aiodicom.dcmwrite(buffer, datasets.ct_slice(4, 4), exist_ok=False)
-    assert buffer.getvalue() == reference.getvalue()
+    assert buffer.getvalue() == pydicom_bytes(datasets.ct_slice(4, 4), overwrite=False)
 
 
 # ---------------------------------------------------------------------------
@@ -375,7 +375,7 @@ async def test_bytes_path_accepted(tmp_path: Path) -> None:
     assert target.read_bytes() == reference.read_bytes()
     with pytest.raises(FileExistsError):
         await aiodicom.dcmwrite(bytes(target), datasets.ct_slice(4, 4), exist_ok=False)
-    assert _listing(tmp_path) == ["b.dcm", "reference.dcm"]
+    assert listing(tmp_path) == ["b.dcm", "reference.dcm"]
 
 
 @pytest.mark.parametrize("kind", ["str", "bytes", "Path", "BytesIO", "bytearray"])
@@ -394,29 +394,18 @@ async def test_storage_options_without_url(kind: str, tmp_path: Path) -> None:
         await aiodicom.dcmwrite(
             destination, datasets.ct_slice(4, 4), storage_options={"anon": True}
         )
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
     assert buffer.getvalue() == OLD_CONTENT
     assert array == OLD_CONTENT
 
 
 async def test_write_only_destination_accepted() -> None:
     """pydicom needs seek()/tell(); a destination with only write() works for us."""
-
-    class WriteOnly:
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def write(self, data: Any) -> int:
-            self.data += data
-            return memoryview(data).nbytes
-
     with pytest.raises(TypeError, match="but got WriteOnly"):
         pydicom.dcmwrite(WriteOnly(), datasets.ct_slice(4, 4))
-    reference = io.BytesIO()
-    pydicom.dcmwrite(reference, datasets.ct_slice(4, 4))
     sink = WriteOnly()
     await aiodicom.dcmwrite(sink, datasets.ct_slice(4, 4))
-    assert bytes(sink.data) == reference.getvalue()
+    assert bytes(sink.data) == pydicom_bytes(datasets.ct_slice(4, 4))
 
 
 async def test_element_error_leaves_existing_file(tmp_path: Path) -> None:
@@ -431,7 +420,7 @@ async def test_element_error_leaves_existing_file(tmp_path: Path) -> None:
     assert error_key(actual.value) == error_key(expected.value)
     assert theirs.read_bytes() != OLD_CONTENT  # pydicom's partial file
     assert ours.read_bytes() == OLD_CONTENT
-    assert _listing(tmp_path) == ["aiodicom.dcm", "pydicom.dcm"]
+    assert listing(tmp_path) == ["aiodicom.dcm", "pydicom.dcm"]
 
 
 async def test_file_meta_dataset_class_name_in_message() -> None:

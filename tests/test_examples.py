@@ -26,7 +26,7 @@ from pydicom import examples
 from pydicom.dataset import Dataset
 
 import aiodicom
-from tests.test_write import FailingFile
+from tests.helpers import FailingFile, pydicom_bytes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -39,12 +39,6 @@ def load(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses & co. look their module up
     spec.loader.exec_module(module)
     return module
-
-
-def pydicom_bytes(ds: Dataset, **kwargs: Any) -> bytes:
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, deepcopy(ds), **kwargs)
-    return out.getvalue()
 
 
 def leaves(exc: BaseException) -> Iterator[BaseException]:

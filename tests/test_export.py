@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +14,6 @@ import anyio
 import anyio.lowlevel
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileDataset
 
 from aiodicom import (
@@ -28,28 +26,10 @@ from aiodicom import (
     export,
 )
 from tests import datasets
+from tests.datasets import PYDICOM_FILES, by_source_name
+from tests.helpers import pydicom_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-PYDICOM_FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
-PYDICOM_ROOT = os.path.commonpath(PYDICOM_FILES)
-
-
-def pydicom_bytes(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset)
-    return buffer.getvalue()
-
-
-def read(path: str) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, force=True)
-
-
-def by_source_name(dataset: Dataset) -> str:
-    """Name outputs after their source file (pydicom's test files share UIDs)."""
-    return os.path.relpath(dataset.filename, PYDICOM_ROOT).replace(os.sep, "/")
 
 
 def ct(number: int, *, size: int = 64, patient_id: str = "PID-0001") -> FileDataset:
@@ -83,7 +63,7 @@ async def test_every_pydicom_test_file_exports_like_pydicom(tmp_path: Path) -> N
     assert report.written > 150
     for item in report.items:
         try:
-            expected: bytes | type[BaseException] = pydicom_bytes(read(item.source))
+            expected: bytes | type[BaseException] = pydicom_bytes(item.source)
         except Exception as exc:
             expected = type(exc)
         if isinstance(expected, bytes):
@@ -101,15 +81,8 @@ async def test_every_pydicom_test_file_exports_like_pydicom(tmp_path: Path) -> N
 async def test_generated_datasets_export_like_pydicom_with_default_template(
     tmp_path: Path,
 ) -> None:
-    generated: list[FileDataset] = [
-        datasets.ct_slice(),
-        datasets.multiframe(3 * 1024 * 1024, odd=True),
-        datasets.deflated(),
-        datasets.big_endian(),
-        datasets.deep_sequences(),
-        datasets.encapsulated_multiframe(),
-        datasets.long_values(),
-    ]
+    generated = datasets.variety()
+    generated.insert(1, datasets.multiframe(3 * 1024 * 1024, odd=True))
     for number, ds in enumerate(generated):
         ds.StudyInstanceUID = "1.2.3"
         ds.SeriesInstanceUID = f"1.2.3.{number % 2}"
@@ -373,7 +346,7 @@ async def test_rerunning_with_skip_existing_writes_nothing(tmp_path: Path) -> No
     assert first.written == 6
     for item in first.items:  # named from a deferred read, written from a full one
         assert item.destination is not None
-        assert read_bytes(item.destination) == pydicom_bytes(read(item.source))
+        assert read_bytes(item.destination) == pydicom_bytes(item.source)
     stamps = {p: p.stat().st_mtime_ns for p in files_under(out)}
     inodes = {p: p.stat().st_ino for p in files_under(out)}
 
@@ -552,7 +525,7 @@ async def test_every_pydicom_test_file_exports_to_memory_like_pydicom() -> None:
             assert item.destination is not None
             assert item.destination.startswith(root + "/")
             stored = fs.cat_file(item.destination)
-            assert stored == pydicom_bytes(read(item.source)), item.source
+            assert stored == pydicom_bytes(item.source), item.source
             assert item.bytes == len(stored)
     assert len(fs.find(root)) == report.written
 
@@ -599,7 +572,7 @@ async def test_every_pydicom_test_file_exports_to_s3_like_pydicom(
     for item in report.items:
         if item.status is Status.WRITTEN:
             assert item.destination is not None
-            assert fs.cat_file(item.destination) == pydicom_bytes(read(item.source))
+            assert fs.cat_file(item.destination) == pydicom_bytes(item.source)
     assert len(fs.find(f"{s3_bucket}/archive")) == report.written
 
     fs.invalidate_cache()

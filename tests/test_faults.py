@@ -21,7 +21,6 @@ S3 (moto), GCS (fake-gcs-server) and Azure (Azurite).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import subprocess
@@ -29,21 +28,20 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
-from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
 import fsspec
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 import aiodicom
-from aiodicom.sinks import Chunk, Sink, Writer, resolve
+from aiodicom.sinks import Sink, resolve
 from aiodicom.sinks.fsspec import FsspecFile
-from tests.datasets import ct_slice, multiframe
+from tests.datasets import ct_slice, multiframe, racer
+from tests.helpers import FailingFile, Reads, RecordingSink, open_fds, pydicom_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -55,52 +53,7 @@ class InjectedError(OSError):
     """The error the fault injectors raise (an OSError, like a real I/O failure)."""
 
 
-# --- counting and failing sources ------------------------------------------------
-
-
-class Reads:
-    """A read counter shared by several buffered values; the `fail_at`-th read
-    (counted across all of them) raises or calls `on_read`."""
-
-    def __init__(self, fail_at: int = 0, on_read: Callable[[], None] | None = None) -> None:
-        self.count = 0
-        self.fail_at = fail_at
-        self.on_read = on_read
-        self.after_cancel = 0
-        self.cancelled = threading.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.cancelled.is_set():
-            self.after_cancel += 1
-        if self.count == self.fail_at:
-            if self.on_read is None:
-                raise InjectedError(f"read {self.count} failed")
-            self.on_read()
-
-
-class SourceFile(io.BufferedIOBase):
-    """A seekable, readable value for a buffered element, reporting to `reads`."""
-
-    def __init__(self, data: bytes, reads: Reads) -> None:
-        self._raw = io.BytesIO(data)
-        self._reads = reads
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def read(self, size: int | None = -1) -> bytes:
-        self._reads.hit()
-        return self._raw.read(size)
+# --- a dataset of many chunks, its values read from files --------------------------
 
 
 def chunky(pixels: int, reads: Reads | None = None, *, buffered: int = 4) -> Dataset:
@@ -111,71 +64,25 @@ def chunky(pixels: int, reads: Reads | None = None, *, buffered: int = 4) -> Dat
     block = ds.private_block(0x0011, "AIODICOM FAULTS", create=True)
     for i in range(buffered):
         data = bytes([i + 1]) * (70_000 + i)  # one odd length: a pad byte after it
-        value: Any = SourceFile(data, reads) if reads is not None else data
+        value: Any = FailingFile(data, counter=reads) if reads is not None else data
         block.add_new(0x10 + i, "OB", value)
     return ds
 
 
-def reference(ds: Dataset, **kwargs: Any) -> bytes:
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, ds, **kwargs)
-    return out.getvalue()
-
-
 def expected_bytes(pixels: int) -> bytes:
-    return reference(chunky(pixels))
+    return pydicom_bytes(chunky(pixels))
 
 
 # --- failing sinks ------------------------------------------------------------------
 
 
-class FaultySink:
-    """Wraps a synchronous sink: the `fail_at`-th write raises instead of writing
-    (``fail_at == writes + 1``: ``commit`` raises before the inner commit)."""
-
-    def __init__(self, inner: Sink, fail_at: int = 0) -> None:
-        self.inner = inner
-        self.fail_at = fail_at
-        self.writes = 0
-        self.committed = False
-        self.aborted = False
-
-    def open(self, *, exist_ok: bool) -> FaultyWriter:
-        return FaultyWriter(self, self.inner.open(exist_ok=exist_ok))
-
-
-class FaultyWriter:
-    def __init__(self, sink: FaultySink, inner: Writer) -> None:
-        self.sink = sink
-        self.inner = inner
-
-    def write(self, chunk: Chunk, /) -> None:
-        self.sink.writes += 1
-        if self.sink.writes == self.sink.fail_at:
-            raise InjectedError(f"write {self.sink.writes} failed")
-        self.inner.write(chunk)
-
-    def commit(self) -> None:
-        if self.sink.writes + 1 == self.sink.fail_at:
-            raise InjectedError("commit failed")
-        self.inner.commit()
-        self.sink.committed = True
-
-    def abort(self) -> None:
-        self.sink.aborted = True
-        self.inner.abort()
+def faulty(inner: Sink, fail_at: int | Literal["commit"] | None = None) -> RecordingSink:
+    """Wraps a synchronous sink: the `fail_at`-th write (or the commit, before the
+    inner one) raises InjectedError instead of writing."""
+    return RecordingSink(inner, fail_at=fail_at, error=InjectedError, keep="nothing")
 
 
 # --- leak checks --------------------------------------------------------------------
-
-
-def open_fds() -> set[str]:
-    """What this process has open (targets of /proc/self/fd), as a set."""
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the fd of the listing itself
-            out.add(f"{fd}:{os.readlink(f'/proc/self/fd/{fd}')}")
-    return out
 
 
 def no_file_leaks(before: set[str], after: set[str]) -> list[str]:
@@ -421,23 +328,9 @@ def pixels_for(kind: str) -> int:
 
 def count_writes(target: Target, pixels: int) -> int:
     """How many chunks the sink receives for this dataset (a dry run)."""
-    seen: list[int] = []
-
-    class Counter:
-        def open(self, *, exist_ok: bool) -> Counter:
-            return self
-
-        def write(self, chunk: Chunk, /) -> None:
-            seen.append(len(memoryview(chunk)))
-
-        def commit(self) -> None:
-            pass
-
-        def abort(self) -> None:
-            pass
-
-    anyio.run(aiodicom.dcmwrite, Counter(), chunky(pixels))
-    return len(seen)
+    counter = RecordingSink(keep="nothing")
+    anyio.run(aiodicom.dcmwrite, counter, chunky(pixels))
+    return counter.writes
 
 
 def count_reads(pixels: int) -> int:
@@ -449,9 +342,9 @@ def count_reads(pixels: int) -> int:
 
 async def _warm_up(target: Target, pixels: int) -> LeakCheck:
     """One good write and one failed write, so pools exist before counting."""
-    await aiodicom.dcmwrite(FaultySink(target.sink()), chunky(pixels))
+    await aiodicom.dcmwrite(faulty(target.sink()), chunky(pixels))
     with pytest.raises(InjectedError):
-        await aiodicom.dcmwrite(FaultySink(target.sink(), fail_at=2), chunky(pixels))
+        await aiodicom.dcmwrite(faulty(target.sink(), fail_at=2), chunky(pixels))
     target.reset()
     return LeakCheck()
 
@@ -468,7 +361,7 @@ async def _every_write_boundary(target: Target, pixels: int) -> int:
     before = target.content()
     for k in range(1, n + 2):  # n + 1: commit fails after the last chunk
         what = f"{target}: write {k} of {n} failed"
-        sink = FaultySink(target.sink(), fail_at=k)
+        sink = faulty(target.sink(), fail_at=k if k <= n else "commit")
         with pytest.raises(InjectedError):
             await aiodicom.dcmwrite(sink, chunky(pixels))
         assert sink.aborted, what
@@ -486,7 +379,7 @@ async def _every_read(target: Target, pixels: int) -> int:
     before = target.content()
     for k in range(1, n + 1):
         what = f"{target}: read {k} of {n} failed"
-        reads = Reads(fail_at=k)
+        reads = Reads(fail_at=k, error=InjectedError)
         with pytest.raises(InjectedError, match=f"read {k} failed"):
             # the destination itself, not a wrapper: the driver's own path to the sink
             await aiodicom.dcmwrite(
@@ -538,7 +431,7 @@ async def test_source_read_fails_at_every_read_remote(
 async def test_faulty_sink_passes_everything_when_not_failing(tmp_path: Path) -> None:
     """The injector itself: with no failure, the file is pydicom's, byte for byte."""
     target = LocalTarget(tmp_path, existing=True)
-    sink = FaultySink(target.sink())
+    sink = faulty(target.sink())
     await aiodicom.dcmwrite(sink, chunky(9 * MiB))
     assert sink.committed
     assert not sink.aborted
@@ -546,37 +439,6 @@ async def test_faulty_sink_passes_everything_when_not_failing(tmp_path: Path) ->
 
 
 # --- cancellation at growing deadlines ----------------------------------------------
-
-
-class CancelTap:
-    """A sink wrapper that counts the chunks written after `cancelled` was set."""
-
-    def __init__(self, inner: Sink, cancelled: threading.Event) -> None:
-        self.inner = inner
-        self.cancelled = cancelled
-        self.writes = 0
-        self.after_cancel = 0
-
-    def open(self, *, exist_ok: bool) -> CancelTapWriter:
-        return CancelTapWriter(self, self.inner.open(exist_ok=exist_ok))
-
-
-class CancelTapWriter:
-    def __init__(self, tap: CancelTap, inner: Writer) -> None:
-        self.tap = tap
-        self.inner = inner
-
-    def write(self, chunk: Chunk, /) -> None:
-        if self.tap.cancelled.is_set():
-            self.tap.after_cancel += 1
-        self.tap.writes += 1
-        self.inner.write(chunk)
-
-    def commit(self) -> None:
-        self.inner.commit()
-
-    def abort(self) -> None:
-        self.inner.abort()
 
 
 async def cancel_after(
@@ -615,7 +477,7 @@ def large_dataset() -> Dataset:
 
 @pytest.fixture(scope="module")
 def large_expected(large_dataset: Dataset) -> bytes:
-    return reference(deepcopy(large_dataset))
+    return pydicom_bytes(large_dataset)
 
 
 @pytest.mark.parametrize("kind", ["existing-file", "bytesio", "memory"])
@@ -635,10 +497,10 @@ async def test_cancel_at_growing_deadlines_large_write(
     for deadline in _deadlines():
         target.reset()
         cancelled = threading.Event()
-        tap = CancelTap(target.sink(), cancelled)
+        tap = RecordingSink(target.sink(), cancelled=cancelled, keep="nothing")
         finished: list[bool] = []
 
-        async def write(tap: CancelTap = tap, finished: list[bool] = finished) -> None:
+        async def write(tap: RecordingSink = tap, finished: list[bool] = finished) -> None:
             await aiodicom.dcmwrite(tap, large_dataset)
             finished.append(True)
 
@@ -646,7 +508,7 @@ async def test_cancel_at_growing_deadlines_large_write(
             await cancel_after(deadline, scope, cancelled, write)
         what = f"{target}, deadline {deadline * 1000:.1f} ms"
         # prompt: at most the chunk in hand when the cancellation arrived
-        assert tap.after_cancel <= 1, what
+        assert tap.writes_after_cancel <= 1, what
         content = target.content()
         if finished:  # returned: complete (a cancellation may still land just after)
             assert large_expected in content, what
@@ -692,7 +554,9 @@ def _export_item(i: int, reads: Reads | None = None) -> Dataset:
 async def test_cancel_export_at_growing_deadlines(tmp_path: Path, target_kind: str) -> None:
     n_items, concurrency = 24, 4
     expected = {
-        f"{_export_item(i).SOPInstanceUID}.dcm": reference(_export_item(i, Reads()))
+        f"{_export_item(i).SOPInstanceUID}.dcm": pydicom_bytes(
+            _export_item(i, Reads()), copy=False
+        )
         for i in range(n_items)
     }
     # warm-up: a whole export, so the thread pool has its workers before counting
@@ -752,12 +616,6 @@ async def test_cancel_export_at_growing_deadlines(tmp_path: Path, target_kind: s
 # --- exclusive-create races ---------------------------------------------------------
 
 
-def _racing_dataset(i: int, pixels: int = 32 * KiB) -> Dataset:
-    ds = multiframe(pixels)
-    ds.PatientName = f"Racer^{i}"
-    return ds
-
-
 def _race_in_threads(
     destination: Callable[[], Any], storage_options: dict[str, Any] | None, n: int, pixels: int
 ) -> list[int]:
@@ -768,7 +626,7 @@ def _race_in_threads(
     errors: list[BaseException] = []
 
     def run(i: int) -> None:
-        ds = _racing_dataset(i, pixels)
+        ds = racer(i, pixels)
 
         async def write() -> None:
             barrier.wait()
@@ -827,7 +685,7 @@ async def test_exclusive_race_across_threads_and_loops(
 
     winners = await anyio.to_thread.run_sync(_race_in_threads, destination, options, 12, 32 * KiB)
     assert len(winners) == 1
-    assert read() == reference(_racing_dataset(winners[0]))
+    assert read() == pydicom_bytes(racer(winners[0]))
     if kind == "local":
         assert os.listdir(tmp_path) == ["race.dcm"]
 
@@ -836,9 +694,9 @@ _PROCESS_RACER = textwrap.dedent(
     """
     import sys, anyio, aiodicom
     sys.path.insert(0, sys.argv[3])
-    from tests.test_faults import _racing_dataset
+    from tests.datasets import racer
     i = int(sys.argv[2])
-    ds = _racing_dataset(i, 256 * 1024)
+    ds = racer(i, 256 * 1024)
     sys.stdin.readline()  # the starting gun
     try:
         anyio.run(lambda: aiodicom.dcmwrite(sys.argv[1], ds, exist_ok=False))
@@ -877,7 +735,7 @@ async def test_exclusive_race_across_processes_local(tmp_path: Path) -> None:
         outputs.append(out.strip())
     assert sorted(outputs) == ["exists"] * 7 + ["won"]
     winner = outputs.index("won")
-    assert path.read_bytes() == reference(_racing_dataset(winner, 256 * 1024))
+    assert path.read_bytes() == pydicom_bytes(racer(winner, 256 * 1024))
     assert os.listdir(tmp_path) == ["race.dcm"]
 
 
@@ -938,7 +796,7 @@ async def test_azure_failed_block_upload_leaves_only_uncommitted_blocks(
 
     target = FsspecTarget("az", azure_container, azure_storage_options, PART["az"])
     with pytest.raises(InjectedError):
-        await aiodicom.dcmwrite(FaultySink(target.sink(), fail_at=8), chunky(5 * PART["az"] // 2))
+        await aiodicom.dcmwrite(faulty(target.sink(), fail_at=8), chunky(5 * PART["az"] // 2))
     assert target.content() == _ABSENT
     assert target.leftovers() == []
     service = BlobServiceClient.from_connection_string(azure_storage_options["connection_string"])

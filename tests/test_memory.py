@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 import tracemalloc
@@ -17,8 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 import aiodicom
-from aiodicom.sinks import Chunk
-from tests.test_write import make_dataset
+from tests.datasets import random_image
+from tests.helpers import HashingFile, RecordingSink, pydicom_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -26,50 +25,9 @@ MiB = 1024 * 1024
 EXTRA_LIMIT = 8 * MiB
 
 
-class HashingSink:
-    """Keeps nothing but a running digest, so only the writer's own memory shows."""
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def open(self, *, exist_ok: bool) -> HashingSink:
-        return self
-
-    def write(self, chunk: Chunk, /) -> None:
-        self.digest.update(chunk)
-        self.size += len(memoryview(chunk).cast("B"))
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
-class HashingFile(io.RawIOBase):
-    """A write-only file object for pydicom that keeps only a digest."""
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: bytes) -> int:  # type: ignore[override]
-        self.digest.update(b)
-        return len(memoryview(b).cast("B"))
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return 0
-
-
 @pytest.fixture(scope="module")
 def dataset_200mib() -> Dataset:
-    return make_dataset(200 * MiB + 1)
+    return random_image(200 * MiB + 1)
 
 
 async def _peak_extra(coro_factory: object) -> int:
@@ -85,12 +43,12 @@ async def _peak_extra(coro_factory: object) -> int:
 
 
 async def test_200mib_write_does_not_copy_pixel_data(dataset_200mib: Dataset) -> None:
-    sink = HashingSink()
+    sink = RecordingSink(keep="digest")
     extra = await _peak_extra(lambda: aiodicom.dcmwrite(sink, dataset_200mib))
     assert extra < EXTRA_LIMIT, f"{extra / MiB:.1f} MiB extra"
     reference = HashingFile()
     pydicom.dcmwrite(reference, deepcopy(dataset_200mib))
-    assert sink.digest.hexdigest() == reference.digest.hexdigest()
+    assert sink.sha256.hexdigest() == reference.digest.hexdigest()
 
 
 async def test_200mib_local_file_does_not_copy(dataset_200mib: Dataset, tmp_path: Path) -> None:
@@ -103,13 +61,13 @@ async def test_200mib_local_file_does_not_copy(dataset_200mib: Dataset, tmp_path
 async def test_deflated_200mib_streams_with_bounded_memory(dataset_200mib: Dataset) -> None:
     ds = deepcopy(dataset_200mib)
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    sink = HashingSink()
+    sink = RecordingSink(keep="digest")
     extra = await _peak_extra(lambda: aiodicom.dcmwrite(sink, ds))
     # zlib's own state is ~256 KiB; one 4 MiB input slice is a view, not a copy
     assert extra < EXTRA_LIMIT, f"{extra / MiB:.1f} MiB extra"
     reference = HashingFile()
     pydicom.dcmwrite(reference, deepcopy(ds))
-    assert sink.digest.hexdigest() == reference.digest.hexdigest()
+    assert sink.sha256.hexdigest() == reference.digest.hexdigest()
 
 
 def test_zlib_output_does_not_depend_on_the_split() -> None:
@@ -126,9 +84,8 @@ def test_zlib_output_does_not_depend_on_the_split() -> None:
 async def test_concurrent_plain_pydicom_is_unaffected(tmp_path: Path) -> None:
     """pydicom is never patched: a plain dcmwrite in another thread, at the same time
     as ours, writes exactly what it writes alone."""
-    ds = make_dataset(16 * MiB + 1)
-    alone = io.BytesIO()
-    pydicom.dcmwrite(alone, deepcopy(ds))
+    ds = random_image(16 * MiB + 1)
+    alone = pydicom_bytes(ds)
     results: list[bytes] = []
     start = threading.Barrier(2)
 
@@ -145,6 +102,6 @@ async def test_concurrent_plain_pydicom_is_unaffected(tmp_path: Path) -> None:
     for i in range(5):
         await aiodicom.dcmwrite(tmp_path / f"{i}.dcm", ds)
     thread.join()
-    assert results == [alone.getvalue()] * 5
-    assert all((tmp_path / f"{i}.dcm").read_bytes() == alone.getvalue() for i in range(5))
+    assert results == [alone] * 5
+    assert all((tmp_path / f"{i}.dcm").read_bytes() == alone for i in range(5))
     assert pydicom.filewriter.write_data_element.__module__ == "pydicom.filewriter"

@@ -25,41 +25,30 @@ import io
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pydicom.data
 import pytest
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.valuerep import VR
 
 import aiodicom
 from tests import datasets
+from tests.helpers import (
+    HashingFile,
+    Options,
+    assert_same,
+    record_warnings,
+    write_aiodicom,
+    write_pydicom,
+)
 
 pytestmark = pytest.mark.anyio
 
 # ---------------------------------------------------------------------------
 # The option matrix
-
-
-@dataclass(frozen=True)
-class Options:
-    """One call's arguments after destination and dataset."""
-
-    args: tuple[Any, ...] = ()
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def keywords(self) -> dict[str, Any]:
-        return dict(self.kwargs)
-
-    def __str__(self) -> str:
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
-        return f"({', '.join(parts)})"
 
 
 def option_matrix() -> list[Options]:
@@ -97,208 +86,6 @@ SHORT_MATRIX = [
     Options(kwargs=(("implicit_vr", True), ("little_endian", True))),
     Options(args=(False,)),
 ]
-
-# ---------------------------------------------------------------------------
-# Running one writer and recording everything observable
-
-
-@dataclass
-class Outcome:
-    """What one write did."""
-
-    output: bytes | None = None
-    error: tuple[type[BaseException], str] | None = None
-    warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
-    state: Any = None
-    destination_encoding: tuple[Any, Any] | None = None
-
-    def describe(self) -> str:
-        if self.error is not None:
-            return f"{self.error[0].__name__}: {self.error[1][:300]}"
-        assert self.output is not None
-        return f"{len(self.output)} bytes"
-
-
-def error_key(exc: BaseException) -> tuple[type[BaseException], str]:
-    """Type and message, cut where pydicom embeds a traceback in the message."""
-    message = str(exc)
-    cut = message.find("\nTraceback (most recent call last)")
-    return type(exc), message if cut < 0 else message[:cut]
-
-
-@dataclass
-class _Recorder:
-    records: list[warnings.WarningMessage] = field(default_factory=list)
-
-    def result(self) -> list[tuple[type[Warning], str]]:
-        # ResourceWarnings come from the garbage collector, whenever it runs
-        return [
-            (r.category, str(r.message))
-            for r in self.records
-            if not issubclass(r.category, ResourceWarning)
-        ]
-
-
-class record_warnings:
-    """``catch_warnings(record=True)`` with every warning shown every time.
-
-    The warnings module's state is process-wide, so warnings raised in the worker
-    thread that aiodicom encodes in are recorded too.
-    """
-
-    def __enter__(self) -> _Recorder:
-        self._cm = warnings.catch_warnings(record=True)
-        recorder = _Recorder(self._cm.__enter__())
-        warnings.simplefilter("always")
-        return recorder
-
-    def __exit__(self, *exc: object) -> None:
-        self._cm.__exit__(*exc)
-
-
-def element_state(elem: DataElement | RawDataElement) -> tuple[Any, ...]:
-    if isinstance(elem, RawDataElement):
-        return ("raw", tuple(elem))
-    value: Any = elem.value
-    if elem.VR == VR.SQ:
-        value = (
-            getattr(value, "is_undefined_length", None),
-            [dataset_state(item) for item in value],
-        )
-    elif elem.is_buffered:
-        value = ("buffered", value.closed, None if value.closed else value.tell())
-    elif isinstance(value, bytes | bytearray | memoryview):
-        try:
-            value = (type(value).__name__, bytes(value))
-        except BufferError:
-            value = (type(value).__name__, value.tobytes())
-    else:
-        value = (type(value).__name__, repr(value))
-    return ("elem", elem.tag, elem.VR, elem.is_undefined_length, value)
-
-
-def dataset_state(ds: Dataset) -> tuple[Any, ...]:
-    """Everything about `ds` a write may change, in comparable form."""
-    attrs = tuple(
-        (name, getattr(ds, name, "<unset>"))
-        for name in (
-            "preamble",
-            "_is_implicit_VR",
-            "_is_little_endian",
-            "_read_implicit",
-            "_read_little",
-            "_character_set",
-            "is_undefined_length_sequence_item",
-        )
-    )
-    meta = getattr(ds, "file_meta", None)
-    return (
-        type(ds).__name__,
-        attrs,
-        None if meta is None else dataset_state(meta),
-        tuple((tag, element_state(ds._dict[tag])) for tag in sorted(ds._dict)),
-    )
-
-
-def _destination_encoding(destination: Any) -> tuple[Any, Any] | None:
-    if isinstance(destination, DicomBytesIO):
-        return (
-            getattr(destination, "_implicit_vr", None),
-            getattr(destination, "_little_endian", None),
-        )
-    return None
-
-
-def write_pydicom(
-    ds: Dataset, destination: Any, options: Options, read: Callable[[], bytes]
-) -> Outcome:
-    """Run :func:`pydicom.dcmwrite` and record what it did."""
-    outcome = Outcome()
-    with record_warnings() as rec:
-        try:
-            pydicom.dcmwrite(destination, ds, *options.args, **options.keywords)
-        except Exception as exc:
-            outcome.error = error_key(exc)
-        else:
-            outcome.output = read()
-    outcome.warnings = rec.result()
-    outcome.state = dataset_state(ds)
-    outcome.destination_encoding = _destination_encoding(destination)
-    return outcome
-
-
-async def write_aiodicom(
-    ds: Dataset, destination: Any, options: Options, read: Callable[[], bytes]
-) -> Outcome:
-    """Run :func:`aiodicom.dcmwrite` and record what it did."""
-    outcome = Outcome()
-    with record_warnings() as rec:
-        try:
-            await aiodicom.dcmwrite(destination, ds, *options.args, **options.keywords)
-        except Exception as exc:
-            outcome.error = error_key(exc)
-        else:
-            outcome.output = read()
-    outcome.warnings = rec.result()
-    outcome.state = dataset_state(ds)
-    outcome.destination_encoding = _destination_encoding(destination)
-    return outcome
-
-
-def assert_same(expected: Outcome, actual: Outcome, context: str) -> None:
-    """The two outcomes agree (``expected`` is pydicom's).
-
-    Fails with a short message of its own: pytest's diff of two large dataset
-    states would take minutes and gigabytes.
-    """
-    if actual.error != expected.error:
-        pytest.fail(
-            f"{context}: pydicom {expected.describe()!r} but aiodicom {actual.describe()!r}",
-            pytrace=False,
-        )
-    if expected.error is None and actual.output != expected.output:
-        pytest.fail(
-            f"{context}: output differs ({expected.describe()} vs {actual.describe()}), "
-            f"first difference at {_first_difference(expected.output, actual.output)}",
-            pytrace=False,
-        )
-    if actual.warnings != expected.warnings:
-        pytest.fail(
-            f"{context}: warnings differ: pydicom {expected.warnings!r:.2000} "
-            f"aiodicom {actual.warnings!r:.2000}",
-            pytrace=False,
-        )
-    if actual.state != expected.state:
-        pytest.fail(
-            f"{context}: dataset state after write differs: "
-            f"{_state_difference(expected.state, actual.state)}",
-            pytrace=False,
-        )
-    if actual.destination_encoding != expected.destination_encoding:
-        pytest.fail(
-            f"{context}: DicomBytesIO encoding differs: pydicom "
-            f"{expected.destination_encoding} aiodicom {actual.destination_encoding}",
-            pytrace=False,
-        )
-
-
-def _state_difference(a: Any, b: Any, path: str = "") -> str:
-    """Where two nested state tuples first differ, briefly."""
-    if isinstance(a, tuple | list) and isinstance(b, tuple | list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b, strict=False)):
-            if x != y:
-                return _state_difference(x, y, f"{path}[{i}]")
-    return f"at {path}: pydicom {a!r:.500} aiodicom {b!r:.500}"
-
-
-def _first_difference(a: bytes | None, b: bytes | None) -> int | None:
-    if a is None or b is None:
-        return None
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return min(len(a), len(b))
-
 
 # ---------------------------------------------------------------------------
 # Comparing one dataset factory over a matrix and over destinations
@@ -487,26 +274,6 @@ async def test_dicombytesio_gets_encoding() -> None:
 # A 100+ MiB multi-frame: compare digests, not two copies in memory
 
 
-class _HashingSink:
-    """A write-only file-like that keeps only a digest and a length."""
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.length = 0
-
-    def write(self, data: Any) -> int:
-        self.digest.update(data)
-        n = memoryview(data).nbytes
-        self.length += n
-        return n
-
-    def seek(self, offset: int, whence: int = 0) -> int:  # pydicom's DicomIO wants these
-        raise io.UnsupportedOperation("seek")
-
-    def tell(self) -> int:
-        return self.length
-
-
 def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -521,9 +288,9 @@ async def test_large_multiframe(tmp_path: Path) -> None:
     ds = datasets.multiframe(100 * 1024 * 1024 + 3 * 131072, odd=True)
     assert len(ds.PixelData) > 100 * 1024 * 1024
 
-    reference = _HashingSink()
+    reference = HashingFile()
     pydicom.dcmwrite(reference, ds)
-    ours = _HashingSink()
+    ours = HashingFile()
     await aiodicom.dcmwrite(ours, ds)
     assert (ours.length, ours.digest.hexdigest()) == (
         reference.length,

@@ -4,34 +4,25 @@ half-written after a failure or a cancellation, Content-Type and metadata."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
-from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.from_thread
 import fsspec
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 import aiodicom
-from aiodicom.sinks import Chunk, Writer
 from aiodicom.sinks.fsspec import FsspecFile
 from tests.datasets import ct_slice, multiframe
+from tests.helpers import RecordingSink, pydicom_bytes
 
 pytestmark = pytest.mark.anyio
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-def reference(ds: Dataset) -> bytes:
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, deepcopy(ds))
-    return out.getvalue()
 
 
 class Remote:
@@ -111,33 +102,9 @@ def big(remote: Remote) -> Dataset:
     return multiframe(remote.part_size * 5 // 2)
 
 
-class Tap:
+def tapped(sink: FsspecFile, hook: Callable[[int], None] | None = None) -> RecordingSink:
     """Wraps a sink; calls ``hook(bytes_so_far)`` after each chunk is written."""
-
-    def __init__(self, sink: FsspecFile, hook: Callable[[int], None]) -> None:
-        self.sink = sink
-        self.hook = hook
-        self.written = 0
-
-    def open(self, *, exist_ok: bool) -> TapWriter:
-        return TapWriter(self, self.sink.open(exist_ok=exist_ok))
-
-
-class TapWriter:
-    def __init__(self, tap: Tap, writer: Writer) -> None:
-        self.tap = tap
-        self.writer = writer
-
-    def write(self, chunk: Chunk, /) -> None:
-        self.writer.write(chunk)
-        self.tap.written += len(memoryview(chunk).cast("B"))
-        self.tap.hook(self.tap.written)
-
-    def commit(self) -> None:
-        self.writer.commit()
-
-    def abort(self) -> None:
-        self.writer.abort()
+    return RecordingSink(sink, on_write=hook, keep="nothing")
 
 
 # --- object stores ------------------------------------------------------------------
@@ -146,7 +113,7 @@ class TapWriter:
 @pytest.mark.parametrize("size", ["small", "multipart"])
 async def test_round_trip_equals_pydicom(remote: Remote, size: str) -> None:
     ds = small() if size == "small" else big(remote)
-    expected = reference(ds)
+    expected = pydicom_bytes(ds)
     if size == "multipart":
         assert len(expected) > 2 * remote.part_size
     await aiodicom.dcmwrite(remote.sink("a.dcm"), ds)
@@ -159,7 +126,7 @@ async def test_url_string_and_filesystem_pair(remote: Remote) -> None:
     ds = small()
     await aiodicom.dcmwrite(remote.url("url.dcm"), ds, storage_options=remote.options)
     await aiodicom.dcmwrite((remote.fs, f"{remote.bucket}/pair.dcm"), ds, exist_ok=False)
-    assert remote.read("url.dcm") == remote.read("pair.dcm") == reference(ds)
+    assert remote.read("url.dcm") == remote.read("pair.dcm") == pydicom_bytes(ds)
     assert remote.content_type("pair.dcm") == "application/dicom"
 
 
@@ -169,7 +136,7 @@ async def test_overwrite_replaces(remote: Remote, size: str) -> None:
     ds = small() if size == "small" else big(remote)
     ds.PatientName = "New^Content"
     await aiodicom.dcmwrite(remote.sink("a.dcm"), ds, exist_ok=True)
-    assert remote.read("a.dcm") == reference(ds)
+    assert remote.read("a.dcm") == pydicom_bytes(ds)
 
 
 @pytest.mark.parametrize("size", ["small", "multipart"])
@@ -179,15 +146,15 @@ async def test_exclusive_on_existing_key_raises_and_keeps_object(
     old = small()
     await aiodicom.dcmwrite(remote.sink("a.dcm"), old)
     ds = small() if size == "small" else big(remote)
-    tap = Tap(remote.sink("a.dcm"), lambda n: None)
+    tap = tapped(remote.sink("a.dcm"))
     with pytest.raises(FileExistsError) as info:
         await aiodicom.dcmwrite(tap, ds, exist_ok=False)
     assert info.value.filename == remote.url("a.dcm")
     assert remote.url("a.dcm") in str(info.value)
-    assert remote.read("a.dcm") == reference(old)
+    assert remote.read("a.dcm") == pydicom_bytes(old)
     assert remote.unfinished_uploads() == []
     if size == "multipart":  # failed fast: before the whole object was encoded
-        assert tap.written < len(reference(ds))
+        assert tap.size < len(pydicom_bytes(ds))
 
 
 async def test_exclusive_writers_race_one_wins(remote: Remote) -> None:
@@ -202,7 +169,7 @@ async def test_exclusive_writers_race_one_wins(remote: Remote) -> None:
         except FileExistsError:
             outcomes.append("exists")
         else:
-            outcomes.append(reference(ds).hex())
+            outcomes.append(pydicom_bytes(ds).hex())
 
     async with anyio.create_task_group() as tg:
         for i in range(16):
@@ -240,7 +207,7 @@ async def test_exclusive_multipart_race_on_azure(
             tg.start_soon(writer, i)
     assert len(winners) == 1
     assert len(losers) == 15
-    assert remote.read("race.dcm") == reference(datasets[winners[0]])
+    assert remote.read("race.dcm") == pydicom_bytes(datasets[winners[0]])
 
 
 def _fail_after(limit: int) -> Callable[[int], None]:
@@ -268,10 +235,10 @@ async def test_failure_part_way_leaves_nothing(remote: Remote, previous: bool) -
     old = small()
     if previous:
         await aiodicom.dcmwrite(remote.sink("a.dcm"), old)
-    tap = Tap(remote.sink("a.dcm"), _fail_after(2 * remote.part_size + 1))
+    tap = tapped(remote.sink("a.dcm"), _fail_after(2 * remote.part_size + 1))
     with pytest.raises(OSError, match="network on fire"):
         await aiodicom.dcmwrite(tap, big(remote))
-    assert remote.read("a.dcm") == (reference(old) if previous else None)
+    assert remote.read("a.dcm") == (pydicom_bytes(old) if previous else None)
     assert remote.unfinished_uploads() == []
 
 
@@ -282,11 +249,11 @@ async def test_cancellation_part_way_leaves_nothing(remote: Remote, previous: bo
         await aiodicom.dcmwrite(remote.sink("a.dcm"), old)
     with anyio.CancelScope() as scope:
         await aiodicom.dcmwrite(
-            Tap(remote.sink("a.dcm"), _cancel_after(scope, 2 * remote.part_size + 1)),
+            tapped(remote.sink("a.dcm"), _cancel_after(scope, 2 * remote.part_size + 1)),
             big(remote),
         )
     assert scope.cancelled_caught
-    assert remote.read("a.dcm") == (reference(old) if previous else None)
+    assert remote.read("a.dcm") == (pydicom_bytes(old) if previous else None)
     assert remote.unfinished_uploads() == []
 
 
@@ -302,13 +269,13 @@ async def test_exclusive_commit_conflict_aborts_upload(
             pytest.mark.xfail(strict=True, reason="fake-gcs-server: resumable not exclusive")
         )
     other = small()
-    other_bytes = reference(other)
+    other_bytes = pydicom_bytes(other)
 
     def hook(written: int) -> None:
         if written > 2 * remote.part_size and remote.read("a.dcm") is None:
             remote.fs.pipe_file(f"{remote.bucket}/a.dcm", other_bytes)
 
-    tap = Tap(remote.sink("a.dcm"), hook)
+    tap = tapped(remote.sink("a.dcm"), hook)
     with pytest.raises(FileExistsError):
         await aiodicom.dcmwrite(tap, big(remote), exist_ok=False)
     assert remote.read("a.dcm") == other_bytes
@@ -330,7 +297,7 @@ async def test_transient_part_failure_is_retried(remote: Remote) -> None:
     """A part upload that fails with a connection error is sent again."""
     sink = remote.sink("r.dcm", retries=2)
     failures: list[int] = []
-    data = reference(big(remote))
+    data = pydicom_bytes(big(remote))
     step = 64 * KiB
 
     def run() -> None:
@@ -418,13 +385,13 @@ def local(request: pytest.FixtureRequest, tmp_path: Path) -> Local:
 async def test_local_round_trip_and_exclusive(local: Local) -> None:
     ds = multiframe(300 * KiB)
     await aiodicom.dcmwrite(local.url("a.dcm"), ds, exist_ok=False)
-    assert local.read("a.dcm") == reference(ds)
+    assert local.read("a.dcm") == pydicom_bytes(ds)
     with pytest.raises(FileExistsError) as info:
         await aiodicom.dcmwrite(local.url("a.dcm"), small(), exist_ok=False)
     assert info.value.filename == local.url("a.dcm")
-    assert local.read("a.dcm") == reference(ds)
+    assert local.read("a.dcm") == pydicom_bytes(ds)
     await aiodicom.dcmwrite(local.url("a.dcm"), small())
-    assert local.read("a.dcm") == reference(small())
+    assert local.read("a.dcm") == pydicom_bytes(small())
 
 
 async def test_local_race_one_wins(local: Local) -> None:
@@ -439,7 +406,7 @@ async def test_local_race_one_wins(local: Local) -> None:
         except FileExistsError:
             losses.append(i)
         else:
-            wins.append(reference(ds))
+            wins.append(pydicom_bytes(ds))
 
     async with anyio.create_task_group() as tg:
         for i in range(16):
@@ -457,9 +424,11 @@ async def test_local_failure_and_cancel_leave_nothing(local: Local, previous: bo
     before = local.listing()
     sink = FsspecFile.from_url(local.url("a.dcm"))
     with pytest.raises(OSError, match="network on fire"):
-        await aiodicom.dcmwrite(Tap(sink, _fail_after(100 * KiB)), multiframe(300 * KiB))
+        await aiodicom.dcmwrite(tapped(sink, _fail_after(100 * KiB)), multiframe(300 * KiB))
     with anyio.CancelScope() as scope:
-        await aiodicom.dcmwrite(Tap(sink, _cancel_after(scope, 100 * KiB)), multiframe(300 * KiB))
+        await aiodicom.dcmwrite(
+            tapped(sink, _cancel_after(scope, 100 * KiB)), multiframe(300 * KiB)
+        )
     assert scope.cancelled_caught
-    assert local.read("a.dcm") == (reference(old) if previous else None)
+    assert local.read("a.dcm") == (pydicom_bytes(old) if previous else None)
     assert local.listing() == before

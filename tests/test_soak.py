@@ -17,6 +17,7 @@ import pytest
 
 import aiodicom
 from tests.datasets import ct_slice
+from tests.helpers import open_fds
 
 pytestmark = pytest.mark.anyio
 
@@ -28,10 +29,6 @@ RSS_SLACK = 16 * 1024 * 1024  # allocator noise, not growth with the count
 def rss() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def _destinations(tmp_path: Path) -> dict[str, Callable[[int], Any]]:
@@ -64,11 +61,11 @@ async def test_soak_small_writes_stable(kind: str, tmp_path: Path) -> None:
 
     await run(0, WARM_UP)
     gc.collect()
-    base_rss, base_fds, base_threads = rss(), fds(), threading.active_count()
+    base_rss, base_fds, base_threads = rss(), len(open_fds()), threading.active_count()
     await run(WARM_UP, WARM_UP + WRITES)
     gc.collect()
     # no growth (earlier tests' sockets may be collected meanwhile: fewer is fine)
-    assert fds() <= base_fds
+    assert len(open_fds()) <= base_fds
     assert threading.active_count() <= base_threads + 1
     assert rss() - base_rss < RSS_SLACK
     if kind == "local":

@@ -15,83 +15,26 @@ from typing import Any
 import aiofiles
 import anyio
 import anyio.from_thread
-import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import aiodicom
 from aiodicom.sinks import Chunk
+from tests.datasets import random_image
+from tests.helpers import (
+    AsyncRecordingSink,
+    FailingFile,
+    RecordingSink,
+    WriteOnly,
+    drained,
+    listing,
+    open_fds,
+    pydicom_bytes,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def make_dataset(n_bytes: int = 512 * 512 * 2, seed: int = 0) -> Dataset:
-    """A minimal image dataset with `n_bytes` of native Pixel Data."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.PatientName = f"Test^Seed{seed}"
-    ds.Columns = 512
-    ds.Rows = min(max(1, n_bytes // 1024), 512)
-    ds.NumberOfFrames = max(1, n_bytes // (512 * 512 * 2))
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.SamplesPerPixel = 1
-    ds.PixelRepresentation = 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    rng = np.random.default_rng(seed)
-    ds.PixelData = rng.integers(0, 4096, n_bytes // 2, dtype="<u2").tobytes()
-    return ds
-
-
-def reference(ds: Dataset, **kwargs: Any) -> bytes:
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, deepcopy(ds), enforce_file_format=True, **kwargs)
-    return out.getvalue()
-
-
-class FailingFile(io.BufferedIOBase):
-    """A readable buffer for a buffered Pixel Data value that misbehaves on the
-    `fail_at`-th read: raises OSError, or calls `on_read` (e.g. to cancel)."""
-
-    def __init__(
-        self,
-        data: bytes,
-        fail_at: int,
-        on_read: Callable[[], None] | None = None,
-    ) -> None:
-        self._raw = io.BytesIO(data)
-        self.reads = 0
-        self.fail_at = fail_at
-        self.on_read = on_read
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def read(self, size: int | None = -1) -> bytes:
-        self.reads += 1
-        if self.reads == self.fail_at:
-            if self.on_read is None:
-                raise OSError("disk on fire")
-            self.on_read()
-        return self._raw.read(size)
 
 
 def with_file_pixels(ds: Dataset, fileobj: io.BufferedIOBase) -> Dataset:
@@ -100,20 +43,12 @@ def with_file_pixels(ds: Dataset, fileobj: io.BufferedIOBase) -> Dataset:
     return ds
 
 
-def listing(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory))
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 # --- local files -------------------------------------------------------------------
 
 
 async def test_local_path_types(tmp_path: Path) -> None:
-    ds = make_dataset()
-    expected = reference(ds)
+    ds = random_image()
+    expected = pydicom_bytes(ds, enforce_file_format=True)
     for i, dest in enumerate(
         [str(tmp_path / "a.dcm"), os.fsencode(tmp_path / "b.dcm"), tmp_path / "c.dcm"]
     ):
@@ -123,8 +58,8 @@ async def test_local_path_types(tmp_path: Path) -> None:
 
 
 async def test_new_file_mode_follows_umask(tmp_path: Path) -> None:
-    pydicom.dcmwrite(tmp_path / "ref.dcm", make_dataset(1024))
-    await aiodicom.dcmwrite(tmp_path / "ours.dcm", make_dataset(1024))
+    pydicom.dcmwrite(tmp_path / "ref.dcm", random_image(1024))
+    await aiodicom.dcmwrite(tmp_path / "ours.dcm", random_image(1024))
     assert (tmp_path / "ours.dcm").stat().st_mode == (tmp_path / "ref.dcm").stat().st_mode
 
 
@@ -132,9 +67,9 @@ async def test_overwrite_keeps_mode_and_replaces_content(tmp_path: Path) -> None
     path = tmp_path / "x.dcm"
     path.write_bytes(b"old")
     path.chmod(0o640)
-    ds = make_dataset()
+    ds = random_image()
     await aiodicom.dcmwrite(path, ds, enforce_file_format=True)
-    assert path.read_bytes() == reference(ds)
+    assert path.read_bytes() == pydicom_bytes(ds, enforce_file_format=True)
     assert path.stat().st_mode & 0o777 == 0o640
 
 
@@ -143,20 +78,20 @@ async def test_exist_ok_false_and_overwrite_alias(tmp_path: Path) -> None:
     path.write_bytes(b"old")
     for kwargs in ({"exist_ok": False}, {"overwrite": False}):
         with pytest.raises(FileExistsError) as info:
-            await aiodicom.dcmwrite(path, make_dataset(), **kwargs)
+            await aiodicom.dcmwrite(path, random_image(), **kwargs)
         assert str(info.value) == f"[Errno 17] File exists: '{path}'"
     assert path.read_bytes() == b"old"
     assert listing(tmp_path) == ["x.dcm"]
-    await aiodicom.dcmwrite(path, make_dataset(1024), overwrite=True)
+    await aiodicom.dcmwrite(path, random_image(1024), overwrite=True)
     assert path.read_bytes() != b"old"
 
 
 async def test_missing_directory_is_pydicoms_error(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "x.dcm"
     with pytest.raises(FileNotFoundError) as ours:
-        await aiodicom.dcmwrite(path, make_dataset(1024))
+        await aiodicom.dcmwrite(path, random_image(1024))
     with pytest.raises(FileNotFoundError) as theirs:
-        pydicom.dcmwrite(path, make_dataset(1024))
+        pydicom.dcmwrite(path, random_image(1024))
     assert str(ours.value) == str(theirs.value)
     assert listing(tmp_path) == []
 
@@ -166,15 +101,15 @@ async def test_symlink_target_is_replaced_link_kept(tmp_path: Path) -> None:
     target.write_bytes(b"old")
     link = tmp_path / "link.dcm"
     link.symlink_to(target)
-    ds = make_dataset()
+    ds = random_image()
     await aiodicom.dcmwrite(link, ds, enforce_file_format=True)
     assert link.is_symlink()
-    assert target.read_bytes() == reference(ds)
+    assert target.read_bytes() == pydicom_bytes(ds, enforce_file_format=True)
     assert listing(tmp_path) == ["link.dcm", "target.dcm"]
 
 
 async def test_dev_null_is_written_in_place() -> None:
-    await aiodicom.dcmwrite("/dev/null", make_dataset())
+    await aiodicom.dcmwrite("/dev/null", random_image())
     assert os.path.exists("/dev/null")
     assert not Path("/dev/null").is_file()
 
@@ -182,33 +117,24 @@ async def test_dev_null_is_written_in_place() -> None:
 async def test_fifo_receives_pydicoms_bytes(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    ds = make_dataset()
-    received = bytearray()
-
-    def drain() -> None:
-        with open(fifo, "rb") as f:
-            while data := f.read(65536):
-                received.extend(data)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
-    await aiodicom.dcmwrite(fifo, ds, enforce_file_format=True)
-    reader.join(10)
-    assert bytes(received) == reference(ds)
+    ds = random_image()
+    with drained(fifo) as received:
+        await aiodicom.dcmwrite(fifo, ds, enforce_file_format=True)
+    assert bytes(received) == pydicom_bytes(ds, enforce_file_format=True)
 
 
 async def test_fsync_option(tmp_path: Path) -> None:
-    ds = make_dataset()
+    ds = random_image()
     path = tmp_path / "x.dcm"
     await aiodicom.dcmwrite(
         aiodicom.sinks.LocalFile(path, fsync=True), ds, enforce_file_format=True
     )
-    assert path.read_bytes() == reference(ds)
+    assert path.read_bytes() == pydicom_bytes(ds, enforce_file_format=True)
 
 
 async def test_32_concurrent_exclusive_writers_one_wins(tmp_path: Path) -> None:
     path = tmp_path / "race.dcm"
-    datasets = [make_dataset(256 * 1024, seed=i) for i in range(32)]
+    datasets = [random_image(256 * 1024, seed=i) for i in range(32)]
     outcomes: list[BaseException | None] = [None] * 32
 
     async def write(i: int) -> None:
@@ -224,7 +150,7 @@ async def test_32_concurrent_exclusive_writers_one_wins(tmp_path: Path) -> None:
     winners = [i for i, outcome in enumerate(outcomes) if outcome is None]
     assert len(winners) == 1
     assert all(isinstance(o, FileExistsError) for i, o in enumerate(outcomes) if i != winners[0])
-    assert path.read_bytes() == reference(datasets[winners[0]])
+    assert path.read_bytes() == pydicom_bytes(datasets[winners[0]], enforce_file_format=True)
     assert listing(tmp_path) == ["race.dcm"]
 
 
@@ -262,58 +188,6 @@ def _dicombytesio(_: Path) -> DicomBytesIO:
     return buffer
 
 
-class CollectingSink:
-    """A user-written synchronous sink that only publishes on commit."""
-
-    def __init__(self) -> None:
-        self.published = b"previous"
-
-    def open(self, *, exist_ok: bool) -> CollectingWriter:
-        return CollectingWriter(self)
-
-
-class CollectingWriter:
-    def __init__(self, sink: CollectingSink) -> None:
-        self.sink = sink
-        self.parts: list[bytes] = []
-
-    def write(self, chunk: Chunk, /) -> None:
-        self.parts.append(bytes(chunk))
-
-    def commit(self) -> None:
-        self.sink.published = b"".join(self.parts)
-
-    def abort(self) -> None:
-        self.parts.clear()
-
-
-class AsyncCollectingSink:
-    """A user-written asynchronous sink."""
-
-    def __init__(self) -> None:
-        self.published = b"previous"
-
-    async def open_async(self, *, exist_ok: bool) -> AsyncCollectingWriter:
-        return AsyncCollectingWriter(self)
-
-
-class AsyncCollectingWriter:
-    def __init__(self, sink: AsyncCollectingSink) -> None:
-        self.sink = sink
-        self.parts: list[bytes] = []
-
-    async def write(self, chunk: Chunk, /) -> None:
-        await anyio.sleep(0)
-        self.parts.append(bytes(chunk))
-
-    async def commit(self) -> None:
-        self.sink.published = b"".join(self.parts)
-
-    async def abort(self) -> None:
-        await anyio.sleep(0)
-        self.parts.clear()
-
-
 def _existing_file(tmp_path: Path) -> Path:
     path = tmp_path / "existing.dcm"
     path.write_bytes(b"previous content")
@@ -326,8 +200,14 @@ DESTINATIONS = [
     Destination("bytesio", _bytesio, lambda d, t: d.getvalue() + bytes([d.tell()])),
     Destination("dicombytesio", _dicombytesio, lambda d, t: d.getvalue() + bytes([d.tell()])),
     Destination("bytearray", lambda t: bytearray(b"previous"), lambda d, t: bytes(d)),
-    Destination("user-sink", lambda t: CollectingSink(), lambda d, t: d.published),
-    Destination("user-async-sink", lambda t: AsyncCollectingSink(), lambda d, t: d.published),
+    Destination(
+        "user-sink", lambda t: RecordingSink(published=b"previous"), lambda d, t: d.published
+    ),
+    Destination(
+        "user-async-sink",
+        lambda t: AsyncRecordingSink(published=b"previous"),
+        lambda d, t: d.published,
+    ),
 ]
 
 
@@ -348,7 +228,7 @@ PIXELS = 6 * 4 * 1024 * 1024 + 3  # several 4 MiB chunks, odd length
 
 @pytest.fixture(scope="module")
 def big_dataset() -> Dataset:
-    ds = make_dataset(PIXELS - 3)
+    ds = random_image(PIXELS - 3)
     return ds
 
 
@@ -359,7 +239,7 @@ async def test_failure_part_way_leaves_nothing(
 ) -> None:
     target = dest.make(tmp_path)
     before = _before(dest, target, tmp_path)
-    fds = open_fds()
+    fds = len(open_fds())
     source = FailingFile(bytes(PIXELS), fail_at)
     ds = with_file_pixels(big_dataset, source)
     with pytest.raises(OSError, match="disk on fire"):
@@ -367,7 +247,7 @@ async def test_failure_part_way_leaves_nothing(
     assert source.reads >= fail_at
     assert _after(dest, target, tmp_path) == before
     assert [n for n in listing(tmp_path) if "aiodicom" in n] == []
-    assert open_fds() <= fds  # no growth; a GC may close an earlier test's socket
+    assert len(open_fds()) <= fds  # no growth; a GC may close an earlier test's socket
 
 
 @pytest.mark.parametrize("dest", DESTINATIONS, ids=repr)
@@ -377,7 +257,7 @@ async def test_cancellation_part_way_leaves_nothing(
 ) -> None:
     target = dest.make(tmp_path)
     before = _before(dest, target, tmp_path)
-    fds = open_fds()
+    fds = len(open_fds())
     with anyio.CancelScope() as scope:
         source = FailingFile(
             bytes(PIXELS), cancel_at, on_read=lambda: anyio.from_thread.run_sync(scope.cancel)
@@ -388,23 +268,23 @@ async def test_cancellation_part_way_leaves_nothing(
     assert source.reads <= cancel_at + 2
     assert _after(dest, target, tmp_path) == before
     assert [n for n in listing(tmp_path) if "aiodicom" in n] == []
-    assert open_fds() <= fds  # no growth; a GC may close an earlier test's socket
+    assert len(open_fds()) <= fds  # no growth; a GC may close an earlier test's socket
 
 
 @pytest.mark.parametrize("deadline", [0.0, 0.001, 0.01, 0.05])
 async def test_move_on_after_during_large_write(tmp_path: Path, deadline: float) -> None:
     path = tmp_path / "x.dcm"
     path.write_bytes(b"previous")
-    ds = make_dataset(64 * 1024 * 1024)
+    ds = random_image(64 * 1024 * 1024)
     with anyio.move_on_after(deadline):
         await aiodicom.dcmwrite(path, ds)
     # either untouched or complete, never in between
-    assert path.read_bytes() in (b"previous", _pydicom_bytes(ds))
+    assert path.read_bytes() in (b"previous", pydicom_bytes(ds))
     assert listing(tmp_path) == ["x.dcm"]
 
 
 async def test_threads_do_not_leak(tmp_path: Path) -> None:
-    ds = make_dataset(1024)
+    ds = random_image(1024)
     await aiodicom.dcmwrite(tmp_path / "warm.dcm", ds)
     threads = threading.active_count()
     for i in range(20):
@@ -419,7 +299,7 @@ async def test_threads_do_not_leak(tmp_path: Path) -> None:
 
 
 async def test_bytesio_written_at_position_like_pydicom() -> None:
-    ds = make_dataset(2048)
+    ds = random_image(2048)
     ours, theirs = io.BytesIO(b"prefix-"), io.BytesIO(b"prefix-")
     ours.seek(3)
     theirs.seek(3)
@@ -431,16 +311,14 @@ async def test_bytesio_written_at_position_like_pydicom() -> None:
 
 
 async def test_bytearray_is_appended() -> None:
-    ds = make_dataset(2048)
+    ds = random_image(2048)
     buffer = bytearray(b"head")
     await aiodicom.dcmwrite(buffer, ds)
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, deepcopy(ds))
-    assert bytes(buffer) == b"head" + out.getvalue()
+    assert bytes(buffer) == b"head" + pydicom_bytes(ds)
 
 
 async def test_dicombytesio_gets_encoding_like_pydicom() -> None:
-    ds = make_dataset(2048)
+    ds = random_image(2048)
     ours, theirs = DicomBytesIO(), DicomBytesIO()
     await aiodicom.dcmwrite(ours, ds, implicit_vr=False, little_endian=True)
     pydicom.dcmwrite(theirs, deepcopy(ds), implicit_vr=False, little_endian=True)
@@ -448,65 +326,46 @@ async def test_dicombytesio_gets_encoding_like_pydicom() -> None:
     assert (ours.is_little_endian, ours.is_implicit_VR) == (True, False)
 
 
-class WriteOnly:
-    """Only ``write()``: a socket, an HTTP body, a pipe wrapper (pydicom #154)."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, b: bytes) -> int:
-        self.data += b
-        return len(b)
-
-
 async def test_write_only_destination() -> None:
-    ds = make_dataset()
+    ds = random_image()
     sink = WriteOnly()
     await aiodicom.dcmwrite(sink, ds, enforce_file_format=True)
-    assert bytes(sink.data) == reference(ds)
+    assert bytes(sink.data) == pydicom_bytes(ds, enforce_file_format=True)
 
 
 async def test_gzip_file_like_pydicom(tmp_path: Path) -> None:
-    ds = make_dataset()
+    ds = random_image()
     with gzip.GzipFile(tmp_path / "ours.gz", "wb", mtime=0) as f:
         await aiodicom.dcmwrite(f, ds, enforce_file_format=True)
     with gzip.GzipFile(tmp_path / "theirs.gz", "wb", mtime=0) as f:
         pydicom.dcmwrite(f, deepcopy(ds), enforce_file_format=True)
-    assert gzip.decompress((tmp_path / "ours.gz").read_bytes()) == reference(ds)
+    assert gzip.decompress((tmp_path / "ours.gz").read_bytes()) == pydicom_bytes(
+        ds, enforce_file_format=True
+    )
 
 
 async def test_os_pipe() -> None:
-    ds = make_dataset()
+    ds = random_image()
     read_fd, write_fd = os.pipe()
-    received = bytearray()
-
-    def drain() -> None:
-        with open(read_fd, "rb") as f:
-            while data := f.read(65536):
-                received.extend(data)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
-    with open(write_fd, "wb", buffering=0) as pipe:
+    with drained(read_fd) as received, open(write_fd, "wb", buffering=0) as pipe:
         await aiodicom.dcmwrite(pipe, ds, enforce_file_format=True)
-    reader.join(10)
-    assert bytes(received) == reference(ds)
+    assert bytes(received) == pydicom_bytes(ds, enforce_file_format=True)
 
 
 async def test_anyio_async_file(tmp_path: Path) -> None:
-    ds = make_dataset()
+    ds = random_image()
     async with await anyio.open_file(tmp_path / "x.dcm", "wb") as f:
         await aiodicom.dcmwrite(f, ds, enforce_file_format=True)
-    assert (tmp_path / "x.dcm").read_bytes() == reference(ds)
+    assert (tmp_path / "x.dcm").read_bytes() == pydicom_bytes(ds, enforce_file_format=True)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_aiofiles_file(tmp_path: Path) -> None:
     # aiofiles is asyncio-only
-    ds = make_dataset()
+    ds = random_image()
     async with aiofiles.open(tmp_path / "x.dcm", "wb") as f:
         await aiodicom.dcmwrite(f, ds, enforce_file_format=True)
-    assert (tmp_path / "x.dcm").read_bytes() == reference(ds)
+    assert (tmp_path / "x.dcm").read_bytes() == pydicom_bytes(ds, enforce_file_format=True)
 
 
 async def test_async_file_rolled_back_on_failure(tmp_path: Path, big_dataset: Dataset) -> None:
@@ -522,34 +381,14 @@ async def test_async_file_rolled_back_on_failure(tmp_path: Path, big_dataset: Da
 
 
 async def test_user_sink_receives_uncopied_pixel_slices() -> None:
-    ds = make_dataset(8 * 1024 * 1024)
+    ds = random_image(8 * 1024 * 1024)
     pixels = ds.PixelData
-    seen: list[Chunk] = []
-
-    class Spy:
-        def open(self, *, exist_ok: bool) -> Spy:
-            return self
-
-        def write(self, chunk: Chunk, /) -> None:
-            seen.append(chunk)
-
-        def commit(self) -> None:
-            pass
-
-        def abort(self) -> None:
-            pass
-
-    await aiodicom.dcmwrite(Spy(), ds)
-    views = [c for c in seen if isinstance(c, memoryview)]
+    spy = RecordingSink(keep="chunks")
+    await aiodicom.dcmwrite(spy, ds)
+    views = [c for c in spy.chunks if isinstance(c, memoryview)]
     assert views, "Pixel Data should pass through as memoryview slices"
     assert all(v.obj is pixels for v in views)
-    assert b"".join(bytes(c) for c in seen) == _pydicom_bytes(ds)
-
-
-def _pydicom_bytes(ds: Dataset) -> bytes:
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, deepcopy(ds))
-    return out.getvalue()
+    assert b"".join(bytes(c) for c in spy.chunks) == pydicom_bytes(ds)
 
 
 def iter_chunks(ds: Dataset) -> Iterator[Chunk]:
@@ -557,5 +396,5 @@ def iter_chunks(ds: Dataset) -> Iterator[Chunk]:
 
 
 def test_core_chunks_concatenate_to_pydicoms_bytes() -> None:
-    ds = make_dataset(3 * 1024 * 1024 + 17)
-    assert b"".join(bytes(c) for c in iter_chunks(ds)) == _pydicom_bytes(ds)
+    ds = random_image(3 * 1024 * 1024 + 17)
+    assert b"".join(bytes(c) for c in iter_chunks(ds)) == pydicom_bytes(ds)
