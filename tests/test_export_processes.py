@@ -65,7 +65,8 @@ async def test_processes_write_pydicoms_bytes_and_report_every_item(tmp_path: Pa
         progress=lambda p: seen.append(p.done),
     )
     assert report.ok, report.failures
-    assert report.written == 80 and len(report.items) == 80
+    assert report.written == 80
+    assert len(report.items) == 80
     assert _written(tmp_path / "out") == expected
     assert seen == list(range(1, 81))
     assert sorted(item.source for item in report.items) == sorted(
@@ -208,7 +209,8 @@ async def test_datasets_in_memory_mixed_with_paths(tmp_path: Path) -> None:
         template="{SOPInstanceUID}.dcm",
         workers=2,
     )
-    assert report.ok and report.written == 11
+    assert report.ok
+    assert report.written == 11
     assert _written(tmp_path / "out") == {**expected, extra.SOPInstanceUID: buffer.getvalue()}
 
 
