@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._errors import NamingError
 from ..sinks import (
     AsyncSink,
     AsyncWriter,
@@ -65,7 +66,7 @@ class Root:
             # bad upload options fail here, once, not once per item (building a sink
             # creates no filesystem and does no I/O)
             FsspecFile.from_url(location, storage_options, **(upload_options or {}))
-            return cls(location.rstrip("/"), False, storage_options, dict(upload_options or {}))
+            return cls(_url_root(location), False, storage_options, dict(upload_options or {}))
         if storage_options or upload_options:
             raise ValueError(
                 "storage_options and upload_options are only for fsspec URL destinations"
@@ -81,13 +82,43 @@ class Root:
         (not so for ``memory://``, which lives in each process's memory)."""
         return self.is_local or not in_process_memory(self.location)
 
+    @property
+    def unsafe_characters(self) -> str:
+        """Characters that dataset values must not bring into a name here, besides
+        the path separators and control characters no root takes: fsspec's
+        clients read ``?`` and ``#`` in a URL as a version or a fragment (s3fs cuts
+        ``key?versionId=...`` to ``key``), so object names never get them."""
+        return "" if self.is_local else "?#"
+
     def join(self, relative: str) -> str:
-        """The destination of `relative` (a checked, ``/``-separated path)."""
+        """The destination of `relative` (a checked, ``/``-separated path).
+
+        Raises
+        ------
+        NamingError
+            If the name would leave the root: through ``..`` (belt and braces:
+            names are checked before), or, for a local root, through a symbolic
+            link inside it that points elsewhere; or if an object name holds
+            characters that the store's client would read as URL syntax.
+        """
         if not self.is_local:
-            return f"{self.location}/{relative}"
+            if any(char in relative for char in self.unsafe_characters):
+                raise NamingError(
+                    f"unsafe object name {relative!r}: '?' and '#' are read as URL "
+                    "syntax by the store's client (a version, a fragment)"
+                )
+            separator = "" if self.location.endswith("://") else "/"
+            return f"{self.location}{separator}{relative}"
         joined = os.path.normpath(os.path.join(self.location, *relative.split("/")))
-        if os.path.commonpath([self.location, joined]) != self.location:  # belt and braces
-            raise ValueError(f"{relative!r} would leave the destination {self.location!r}")
+        if os.path.commonpath([self.location, joined]) != self.location:
+            raise NamingError(f"{relative!r} would leave the destination {self.location!r}")
+        real_root = os.path.realpath(self.location)
+        real = os.path.realpath(joined)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise NamingError(
+                f"{relative!r} would leave the destination {self.location!r} through a "
+                f"symbolic link (it resolves to {real!r})"
+            )
         return joined
 
     def make_parent(self, destination: str) -> None:
@@ -115,6 +146,13 @@ class Root:
         if isinstance(inner, Sink):
             return CountingSink(inner)
         return CountingAsyncSink(inner)
+
+
+def _url_root(location: str) -> str:
+    """`location` without trailing slashes on its path, keeping ``protocol://``
+    whole (``memory://`` stays ``memory://``, never ``memory:``)."""
+    head, _, path = location.partition("://")
+    return f"{head}://{path.rstrip('/')}"
 
 
 def _check_protocols(url: str) -> None:
@@ -147,6 +185,7 @@ class CountingSink:
     def __init__(self, inner: Sink) -> None:
         self.inner = inner
         self.count = 0
+        self.committed = False
         _declare_capabilities(self, inner)
 
     def open(self, *, exist_ok: bool) -> Writer:
@@ -166,6 +205,7 @@ class _CountingWriter:
     def commit(self) -> None:
         self._inner.commit()
         self._sink.count = self._count
+        self._sink.committed = True
 
     def abort(self) -> None:
         self._inner.abort()
@@ -177,6 +217,7 @@ class CountingAsyncSink:
     def __init__(self, inner: AsyncSink) -> None:
         self.inner = inner
         self.count = 0
+        self.committed = False
         _declare_capabilities(self, inner)
 
     async def open_async(self, *, exist_ok: bool) -> AsyncWriter:
@@ -196,6 +237,7 @@ class _CountingAsyncWriter:
     async def commit(self) -> None:
         await self._inner.commit()
         self._sink.count = self._count
+        self._sink.committed = True
 
     async def abort(self) -> None:
         await self._inner.abort()

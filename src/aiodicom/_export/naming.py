@@ -7,7 +7,9 @@ positional ``{}``), and its literal text must not make an absolute path or a
 
 **Values from the dataset are untrusted** and are *sanitised*, not rejected:
 
-* ``/``, ``\\``, ``:``, NUL and the other control characters become ``_``;
+* ``/``, ``\\``, ``:``, NUL and the other control characters become ``_``; so do
+  ``?`` and ``#`` in names under an object-store URL (its client would read them
+  as a version or a fragment: ``X?versionId=1`` would be written as ``X``);
 * a value made only of dots (``.``, ``..``) has its dots replaced by ``_``;
 * a missing or empty value (after stripping spaces) fails the item with
   :class:`NamingError`: a name built from nothing would silently pile files of
@@ -90,8 +92,11 @@ class Template:
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
 
-    def render(self, dataset: Dataset) -> str:
+    def render(self, dataset: Dataset, unsafe: str = "") -> str:
         """Return the relative path for `dataset`: ``/``-separated, safe to join.
+
+        `unsafe` names more characters that dataset values must not bring in
+        (they become ``_``), for destinations that need it.
 
         Raises
         ------
@@ -105,7 +110,7 @@ class Template:
         for literal, field in self._parts:
             out.append(literal)
             if field is not None:
-                out.append(_render_value(dataset, *field))
+                out.append(_render_value(dataset, *field, unsafe))
         return _checked("".join(out))
 
 
@@ -158,7 +163,9 @@ def _unknown_field(template: str, name: str) -> str:
     return f"bad template {template!r}: unknown DICOM keyword {{{name}}}{did_you_mean}"
 
 
-def _render_value(dataset: Dataset, keyword: str, spec: str, conversion: str | None) -> str:
+def _render_value(
+    dataset: Dataset, keyword: str, spec: str, conversion: str | None, unsafe: str = ""
+) -> str:
     value = dataset.get(keyword, None)
     if value is None:
         raise NamingError(f"the dataset has no {keyword} for the file name")
@@ -172,6 +179,8 @@ def _render_value(dataset: Dataset, keyword: str, spec: str, conversion: str | N
     if not text:
         raise NamingError(f"the dataset's {keyword} is empty; it cannot name a file")
     text = _UNSAFE.sub("_", text)
+    for char in unsafe:
+        text = text.replace(char, "_")
     if not text.strip("."):
         text = "_" * len(text)
     return text

@@ -5,6 +5,7 @@ See :func:`export` and the "Bulk export" page of the documentation.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -20,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydicom.dataset import Dataset
 
 from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
-from .destination import CountingSink, Root
+from .destination import CountingAsyncSink, CountingSink, Root
 from .naming import DEFAULT_TEMPLATE, Template
 from .options import ExportOptions
 from .report import ExportProgress, ExportReport, ItemResult, Status, TakenNames, Tally
@@ -173,6 +174,8 @@ async def run_export(
         await _run_all(
             run, sources, options.source_storage_options, options.concurrency, send, receive
         )
+    if run.callback_error is not None:
+        raise run.callback_error  # itself, not wrapped in an exception group
     return run.tally.report(dry_run=options.dry_run)
 
 
@@ -257,8 +260,7 @@ async def _produce(
 async def _work(run: Run, receive: anyio.abc.ObjectReceiveStream[Source]) -> None:
     async with receive:
         async for source in receive:
-            result = await run.export_one(source)
-            await run.record(result)
+            await run.record(await run.export_one(source))
 
 
 class Run:
@@ -284,6 +286,7 @@ class Run:
         self.tally = tally
         self.taken = TakenNames()
         self.claim: Callable[[str], Awaitable[None]] = self._claim_here
+        self.callback_error: Exception | None = None
         self.cancel_scope: anyio.CancelScope | None = None
         self.progress_lock = anyio.Lock()
         # A first look with deferred values pays off when the item may be skipped
@@ -291,14 +294,35 @@ class Run:
         self.look_first = root.is_local and (options.skip_existing or options.dry_run)
 
     async def export_one(self, source: Source) -> ItemResult:
-        """Read, name and write one item; failures become a result, not an error."""
+        """Read, name and write one item; failures become a result, not an error.
+
+        A read is abandoned when the export is cancelled (its result discarded),
+        so a slow source never holds a cancellation up.  A write that was
+        committed just as the export was cancelled is still counted: the report
+        lists every destination that holds its bytes.
+        """
         start = time.perf_counter()
         destination: str | None = None
+        written: list[CountingSink | CountingAsyncSink] = []
         try:
-            dataset, name = await anyio.to_thread.run_sync(self._read_and_name, source)
+            dataset, name = await anyio.to_thread.run_sync(
+                self._read_and_name, source, abandon_on_cancel=True
+            )
             destination = name
             await self.claim(name)
-            status, count, reason = await self._write(source, dataset, name)
+            status, count, reason = await self._write(source, dataset, name, written)
+        except anyio.get_cancelled_exc_class():
+            if written and written[0].committed:
+                self.tally.add(
+                    ItemResult(
+                        source.label,
+                        destination,
+                        Status.WRITTEN,
+                        written[0].count,
+                        time.perf_counter() - start,
+                    )
+                )
+            raise
         except Exception as exc:
             logger.debug("export of %s failed", source.label, exc_info=True)
             return ItemResult(
@@ -375,15 +399,20 @@ class Run:
         """In a worker thread: read the dataset and name its destination."""
         defer = DEFER_SIZE if self.look_first and source.kind == "path" else None
         dataset = read_source(source, force=self.force, defer_size=defer)
-        destination = self.root.join(self.naming.render(dataset))
+        destination = self.root.join(self.naming.render(dataset, self.root.unsafe_characters))
         if defer is not None:
             return None, destination  # read again, whole, if it is to be written
         if not self.dry_run:
+            _unless_abandoned()
             self.root.make_parent(destination)
         return dataset, destination
 
     async def _write(
-        self, source: Source, dataset: Dataset | None, destination: str
+        self,
+        source: Source,
+        dataset: Dataset | None,
+        destination: str,
+        written: list[CountingSink | CountingAsyncSink],
     ) -> tuple[Status, int, BaseException | None]:
         if self.dry_run:
             if not self.exist_ok and await anyio.to_thread.run_sync(self.root.exists, destination):
@@ -393,10 +422,13 @@ class Run:
                 raise exists
             return Status.PLANNED, 0, None
         if dataset is None:
-            dataset = await anyio.to_thread.run_sync(self._read_if_new, source, destination)
+            dataset = await anyio.to_thread.run_sync(
+                self._read_if_new, source, destination, abandon_on_cancel=True
+            )
             if dataset is None:
                 return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
         sink = self.root.sink(destination)
+        written.append(sink)
         try:
             await dcmwrite(
                 sink,
@@ -415,18 +447,37 @@ class Run:
         if self.root.exists(destination):
             return None
         dataset = read_source(source, force=self.force)
+        _unless_abandoned()
         self.root.make_parent(destination)
         return dataset
 
     async def record(self, result: ItemResult) -> None:
-        """Add `result` and report progress (callbacks run one at a time, in order)."""
-        async with self.progress_lock:
-            now = self.tally.add(result)
-            if self.progress is not None:
-                outcome = self.progress(now)
-                if inspect.isawaitable(outcome):
-                    await outcome
+        """Add `result` and report progress (callbacks run one at a time, in order).
+
+        The item is counted before anything can be cancelled; a callback that
+        raises stops the export, and :func:`run_export` raises its exception.
+        """
+        now = self.tally.add(result)
+        if self.progress is not None and self.callback_error is None:
+            async with self.progress_lock:
+                try:
+                    outcome = self.progress(now)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:
+                    self.callback_error = exc
+                    self._stop()
         if self.fail_fast and result.status is Status.FAILED:
             self.tally.stopped_early = True
-            assert self.cancel_scope is not None
-            self.cancel_scope.cancel()
+            self._stop()
+
+    def _stop(self) -> None:
+        assert self.cancel_scope is not None
+        self.cancel_scope.cancel()
+
+
+def _unless_abandoned() -> None:
+    """In a worker thread: stop here if the export was cancelled meanwhile (the
+    read's result is discarded; nothing is created for it)."""
+    with contextlib.suppress(RuntimeError):  # not in an anyio worker thread
+        anyio.from_thread.check_cancelled()

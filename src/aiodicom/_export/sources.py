@@ -95,7 +95,9 @@ async def iter_sources(
                 obj = (
                     next(sync_iterator, _END)
                     if in_memory
-                    else await anyio.to_thread.run_sync(next, sync_iterator, _END)
+                    else await anyio.to_thread.run_sync(
+                        next, sync_iterator, _END, abandon_on_cancel=True
+                    )
                 )
             except Exception as exc:
                 yield Source("<sources>", "error", exc)
@@ -130,7 +132,7 @@ async def _expand(
     else:
         names = _list_local(path.removeprefix("file://"))
     while True:
-        batch = await anyio.to_thread.run_sync(_take, names)
+        batch = await anyio.to_thread.run_sync(_take, names, abandon_on_cancel=True)
         for item in batch:
             yield item
         if len(batch) < _BATCH:

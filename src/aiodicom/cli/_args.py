@@ -54,7 +54,8 @@ storage options:
   (client_kwargs.endpoint_url=URL). Repeat the flag for several options.
 
 exit status: 0 all written or skipped, 1 some failed (listed), 2 bad arguments,
-130 interrupted (nothing half-written is left behind).
+130 interrupted by Ctrl-C, 143 stopped by SIGTERM (nothing half-written is left
+behind; the report lists what finished).
 """
 
 

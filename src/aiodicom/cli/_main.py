@@ -1,7 +1,9 @@
 """The ``aiodicom`` command: ``aiodicom export ...`` and ``aiodicom demo``.
 
 Exit status: 0 when every item was written or skipped, 1 when any failed,
-2 for a usage error (reported in one line before any work), 130 when interrupted.
+2 for a usage error (reported in one line before any work), 130 when interrupted
+by Ctrl-C, 143 when stopped by SIGTERM (both stop cleanly: nothing half-written,
+and the report lists what finished).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +44,27 @@ __all__ = ["main"]
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INTERRUPTED: Final = 130
+"""Ctrl-C (128 + SIGINT), as shells report it."""
+EXIT_TERMINATED: Final = 143
+"""SIGTERM (128 + SIGTERM): how docker, systemd and Kubernetes stop a process."""
+
+_TERMINATED = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While synchronous code runs (the Dask path), SIGTERM stops it as Ctrl-C does."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        _TERMINATED.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 _SHOWN_FAILURES: Final = 50
 
@@ -189,8 +214,29 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         elif progress.item.status is Status.FAILED and not args.dry_run:
             print(failure_line(progress.item), file=sys.stderr)
 
-    async def run() -> ExportReport:
-        return await run_export(sources, root, options, progress=on_progress, total=total)
+    terminated = False
+
+    async def run() -> ExportReport | None:
+        """The export; ``None`` if SIGTERM stopped it (as Ctrl-C does: cleanly)."""
+        nonlocal terminated
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+
+                async def stop_on_sigterm() -> None:
+                    nonlocal terminated
+                    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            terminated = True
+                            scope.cancel()
+                            return
+
+                group.start_soon(stop_on_sigterm)
+                report = await run_export(
+                    sources, root, options, progress=on_progress, total=total
+                )
+                group.cancel_scope.cancel()
+                return report
+        return None
 
     def run_on_dask() -> ExportReport:
         from ..dask import run_on_dask
@@ -201,9 +247,19 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
     on_dask = getattr(args, "dask", False) or getattr(args, "dask_scheduler", None) is not None
     started = time.perf_counter()
     interrupted = False
+    outcome: ExportReport | None = None
     try:
-        report = run_on_dask() if on_dask else anyio.run(run)
+        if on_dask:
+            with _sigterm_as_interrupt():
+                outcome = run_on_dask()
+        else:
+            outcome = anyio.run(run)
     except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if show is not None:
+            show.close()
+    if outcome is None:  # Ctrl-C or SIGTERM: what finished is reported
         interrupted = True
         report = ExportReport(
             items=finished,
@@ -211,9 +267,8 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             stopped_early=True,
             dry_run=args.dry_run,
         )
-    finally:
-        if show is not None:
-            show.close()
+    else:
+        report = outcome
 
     if args.dry_run and not quiet:
         for item in report.items:
@@ -226,7 +281,7 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         prefix = "interrupted: " if interrupted else ""
         print(f"{prefix}{report.summary()}")
     if interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated or _TERMINATED.is_set() else EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

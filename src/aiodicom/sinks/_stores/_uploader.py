@@ -129,7 +129,14 @@ class StoreBase:
         self.loop: asyncio.AbstractEventLoop = fs.loop
         self.path = path
         self.url = url
-        self.bucket, self.key, _ = fs.split_path(path)
+        self.bucket, self.key, version = fs.split_path(path)
+        if version is not None or f"{self.bucket}/{self.key}" != path.strip("/"):
+            # s3fs reads "key?versionId=1" as object "key", version "1"; adlfs the same
+            # with "?versionid=": writing there would overwrite another object
+            raise ValueError(
+                f"cannot write {url!r}: the store's client reads it as object "
+                f"{self.key!r} in {self.bucket!r}" + (f", version {version!r}" if version else "")
+            )
         self.options = options
 
     def invalidate(self) -> None:

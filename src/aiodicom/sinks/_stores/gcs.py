@@ -127,8 +127,12 @@ class GCSStore(StoreBase):
         return bool(is_retriable(exc))
 
     def is_session_lost(self, exc: BaseException) -> bool:
-        # a resumable session URL that answers 404 or 410 has expired
-        return getattr(exc, "code", None) in (404, 410) and self.location is not None
+        # A resumable session URL that answers 404 or 410 has expired.  gcsfs
+        # raises FileNotFoundError (no .code) for a 404, and an HttpError with
+        # .code for the rest.
+        if self.location is None:
+            return False
+        return isinstance(exc, FileNotFoundError) or getattr(exc, "code", None) in (404, 410)
 
     def translate(self, exc: Exception) -> Exception:
         """gcsfs already raises built-in errors; a failed ``ifGenerationMatch=0``

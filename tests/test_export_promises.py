@@ -1,0 +1,344 @@
+"""Issue 12's export promises, attacked: names the store would cut, URL roots that
+lost their protocol, reports that missed written items, links out of the root,
+cancellation held up by slow sources, SIGTERM, raising callbacks, lost GCS
+sessions.  Each test failed before its fix (see docs/guarantees.md)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+import aiodicom
+from aiodicom import NamingError, Status
+from aiodicom.sinks import FsspecFile
+from tests import datasets
+from tests.helpers import pydicom_bytes
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _slice(number: int, patient: str = "P", size: int = 16) -> Dataset:
+    ds = datasets.ct_slice(size, size)
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.55.{number}"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = number
+    ds.PatientID = patient
+    return ds
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".aiodicom-tmp")]
+
+
+# --- item 2: names the store's client would cut ----------------------------------------
+
+
+@pytest.mark.parametrize("store", ["s3", "az"])
+async def test_version_like_values_do_not_collapse_objects(
+    store: str,
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    azure_container: str,
+    azure_storage_options: dict[str, Any],
+) -> None:
+    import fsspec
+
+    root, options = (
+        (s3_bucket, s3_storage_options)
+        if store == "s3"
+        else (azure_container, azure_storage_options)
+    )
+    marker = "versionId" if store == "s3" else "versionid"
+    items = [_slice(1, f"X?{marker}=1"), _slice(2, f"X?{marker}=2"), _slice(3, "Y#frag")]
+    report = await aiodicom.export(
+        items, f"{root}/out", template="{PatientID}.dcm", storage_options=options
+    )
+    assert report.ok, report.failures
+    assert report.written == 3
+    fs, _ = fsspec.core.url_to_fs(root, **options)
+    fs.invalidate_cache()
+    names = sorted(name.rsplit("/", 1)[-1] for name in fs.find(f"{root}/out"))
+    assert names == sorted([f"X_{marker}=1.dcm", f"X_{marker}=2.dcm", "Y_frag.dcm"])
+    expected = {ds.SOPInstanceUID: pydicom_bytes(ds) for ds in items}
+    for item in report.items:
+        assert item.destination is not None
+        data = fs.cat_file(item.destination)
+        assert data == expected[pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID]
+
+
+async def test_dcmwrite_refuses_a_key_s3fs_would_cut(
+    s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    import s3fs
+
+    with pytest.raises(ValueError, match="version"):
+        await aiodicom.dcmwrite(
+            f"{s3_bucket}/X?versionId=1/a.dcm", _slice(1), storage_options=s3_storage_options
+        )
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.invalidate_cache()
+    assert fs.find(s3_bucket) == []
+
+
+async def test_a_callable_template_with_url_syntax_fails_the_item(
+    s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    report = await aiodicom.export(
+        [_slice(1)],
+        f"{s3_bucket}/out",
+        template=lambda ds: "a?versionId=3.dcm",
+        storage_options=s3_storage_options,
+    )
+    (failure,) = report.failures
+    assert isinstance(failure.error, NamingError)
+
+
+# --- item 3: URL roots keep their protocol --------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["memory://", "memory:///", "memory://x/"])
+async def test_memory_roots_write_to_memory_never_to_disk(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)
+    ds = _slice(7)
+    report = await aiodicom.export([ds], root, template="{SOPInstanceUID}.dcm")
+    assert report.ok, report.failures
+    (item,) = report.items
+    assert item.destination is not None
+    assert item.destination.startswith("memory://")
+    assert list(tmp_path.iterdir()) == []  # nothing under a local "memory:" folder
+    fs = fsspec.filesystem("memory")
+    assert fs.cat_file(item.destination) == pydicom_bytes(ds)
+    fs.rm(item.destination)
+
+
+# --- item 5: the fail-fast report lists every written item -----------------------------
+
+
+@pytest.mark.parametrize("attempt", range(4))
+async def test_fail_fast_report_lists_every_file_on_disk(tmp_path: Path, attempt: int) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for number in range(60):
+        _slice(number).save_as(folder / f"{number:03d}.dcm", enforce_file_format=True)
+    (folder / f"{20 + attempt:03d}.dcm").write_bytes(b"junk")
+    report = await aiodicom.export(
+        folder, tmp_path / "out", template="{SOPInstanceUID}.dcm", fail_fast=True, workers=1
+    )
+    assert report.stopped_early
+    on_disk = {p.name for p in (tmp_path / "out").glob("*.dcm")}
+    listed = {
+        Path(i.destination).name
+        for i in report.items
+        if i.status is Status.WRITTEN and i.destination is not None
+    }
+    assert on_disk == listed
+    sources = {Path(i.destination).name: i.source for i in report.items if i.destination}
+    for name in on_disk:
+        expected = pydicom_bytes(pydicom.dcmread(sources[name]))
+        assert (tmp_path / "out" / name).read_bytes() == expected
+    assert _temp_files(tmp_path) == []
+
+
+# --- item 7: containment on resolved paths -------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_link_inside_the_root_cannot_lead_items_out(tmp_path: Path, workers: int) -> None:
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "P").symlink_to(outside, target_is_directory=True)
+    (out / "Q.dcm").symlink_to(outside / "q.dcm")
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for number in range(70):
+        _slice(number, patient="P" if number % 2 else "Q").save_as(
+            sources / f"{number:03d}.dcm", enforce_file_format=True
+        )
+    report = await aiodicom.export(
+        sources, out, template="{PatientID}/{SOPInstanceUID}.dcm", workers=workers
+    )
+    assert list(outside.iterdir()) == []
+    assert report.failed == 35  # every item of patient P (the odd numbers)
+    assert report.written == 35
+    assert all(isinstance(i.error, NamingError) for i in report.failures)
+    assert all(int(Path(i.source).stem) % 2 for i in report.failures)
+    report = await aiodicom.export([_slice(1, "Q")], out, template="{PatientID}.dcm")
+    (failure,) = report.failures
+    assert isinstance(failure.error, NamingError)
+    assert list(outside.iterdir()) == []
+
+
+# --- item 14: cancellation is not held up by slow sources ------------------------------
+
+
+def _slow_generator(path: Path) -> Iterator[str]:
+    yield str(path)
+    time.sleep(8)  # a slow listing, a slow network share...
+    yield str(path)
+
+
+class _SlowFile(io.RawIOBase):
+    """A source file object whose reads take long (a stalled network mount)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        time.sleep(0.5)
+        return self._data.readinto(buffer)
+
+
+async def test_cancel_returns_promptly_with_a_slow_generator(tmp_path: Path) -> None:
+    path = tmp_path / "a.dcm"
+    _slice(1).save_as(path, enforce_file_format=True)
+    started = time.monotonic()
+    with anyio.move_on_after(1.0):
+        await aiodicom.export(_slow_generator(path), tmp_path / "out", workers=1)
+    assert time.monotonic() - started < 2.0
+
+
+async def test_cancel_returns_promptly_with_a_slow_read(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, _slice(1, size=256))
+    started = time.monotonic()
+    with anyio.move_on_after(1.0):
+        await aiodicom.export(
+            [io.BufferedReader(_SlowFile(buffer.getvalue()), buffer_size=512)],
+            tmp_path / "out",
+        )
+    assert time.monotonic() - started < 2.0
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("*")) == []
+
+
+# --- item 16: a raising progress callback raises its own exception ---------------------
+
+
+class _CallbackError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_raising_progress_callback_raises_itself(tmp_path: Path, workers: int) -> None:
+    def progress(_: Any) -> None:
+        raise _CallbackError("boom")
+
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for number in range(70):
+        _slice(number).save_as(sources / f"{number:03d}.dcm", enforce_file_format=True)
+    with pytest.raises(_CallbackError, match="boom"):
+        await aiodicom.export(
+            sources,
+            tmp_path / "out",
+            progress=progress,
+            template="{SOPInstanceUID}.dcm",
+            workers=workers,
+        )
+    assert _temp_files(tmp_path) == []
+
+
+# --- item 15: SIGTERM stops the CLI cleanly --------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_the_cli_like_ctrl_c(tmp_path: Path, workers: str) -> None:
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for number in range(400):
+        _slice(number, size=256).save_as(sources / f"{number:03d}.dcm", enforce_file_format=True)
+    report_path = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aiodicom",
+            "export",
+            str(sources),
+            str(tmp_path / "out"),
+            "--template",
+            "{SOPInstanceUID}.dcm",
+            "--report",
+            str(report_path),
+            "--workers",
+            workers,
+            "-j",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.dcm")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err.decode()
+    assert b"Traceback" not in err
+    assert b"interrupted" in out
+    report = json.loads(report_path.read_text())
+    assert report["summary"]["stopped_early"] is True
+    listed = {Path(i["destination"]).name for i in report["items"] if i["status"] == "written"}
+    on_disk = {p.name for p in (tmp_path / "out").glob("*.dcm")}
+    assert on_disk == listed
+    assert _temp_files(tmp_path) == []
+
+
+# --- item 17: a lost GCS upload session is started over --------------------------------
+
+
+async def test_a_lost_gcs_session_starts_the_upload_over(
+    gcs_bucket: str, gcs_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiodicom.sinks._stores.gcs import GCSStore
+
+    original = GCSStore.upload_part
+    lost: list[int] = []
+
+    async def lose_the_session_once(self: GCSStore, number: int, offset: int, data: bytes) -> Any:
+        if number == 2 and not lost:
+            # the session expires: the server no longer knows its upload id
+            lost.append(number)
+            location = self.location
+            assert location is not None
+            self.location = re.sub(r"upload_id=[^&]+", "upload_id=expired", location)
+        return await original(self, number, offset, data)
+
+    monkeypatch.setattr(GCSStore, "upload_part", lose_the_session_once)
+    ds = datasets.multiframe(2 * 1024 * 1024)
+    sink = FsspecFile.from_url(
+        f"{gcs_bucket}/lost.dcm", gcs_storage_options, part_size=256 * 1024, retries=2
+    )
+    await aiodicom.dcmwrite(sink, ds)
+    assert lost == [2]
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(**gcs_storage_options)
+    assert fs.cat_file(f"{gcs_bucket}/lost.dcm") == pydicom_bytes(ds)
