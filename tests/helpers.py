@@ -418,6 +418,17 @@ class HashingFile:
 # --- leaks and destinations ---------------------------------------------------------
 
 
+def read_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``--report`` file (JSON Lines): its summary line and its item lines."""
+    import json
+
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    *items, last = lines
+    assert set(last) == {"summary"}, last
+    assert all("summary" not in item for item in items)
+    return last["summary"], items
+
+
 def open_fds() -> set[str]:
     """What this process has open, as ``"fd:target"`` (targets of /proc/self/fd).
     ``len(open_fds())`` counts the file descriptors."""

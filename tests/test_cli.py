@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pydicom.data import get_testdata_file
 
 from aiodicom.cli import DEMO_FILES, main, parse_storage_options
 from tests import datasets
-from tests.helpers import pydicom_bytes
+from tests.helpers import pydicom_bytes, read_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -96,22 +95,21 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert "3 would write" in lines[-1]
 
 
-def test_report_is_json_with_every_item(scans: Path, tmp_path: Path) -> None:
+def test_report_is_json_lines_with_every_item(scans: Path, tmp_path: Path) -> None:
     (scans / "junk.dcm").write_bytes(b"junk")
-    report_path = tmp_path / "report.json"
+    report_path = tmp_path / "report.jsonl"
     status = main(
         ["export", str(scans), str(tmp_path / "out"), "--report", str(report_path), "-q"]
     )
     assert status == 1
-    report = json.loads(report_path.read_text())
-    assert report["summary"]["written"] == 3
-    assert report["summary"]["failed"] == 1
-    assert report["summary"]["bytes_written"] == sum(
-        p.stat().st_size for p in outputs(tmp_path / "out")
-    )
-    by_status = {item["status"] for item in report["items"]}
+    summary, items = read_report(report_path)
+    assert summary["written"] == 3
+    assert summary["failed"] == 1
+    assert summary["bytes_written"] == sum(p.stat().st_size for p in outputs(tmp_path / "out"))
+    assert len(items) == 4
+    by_status = {item["status"] for item in items}
     assert by_status == {"written", "failed"}
-    (failed,) = [item for item in report["items"] if item["status"] == "failed"]
+    (failed,) = [item for item in items if item["status"] == "failed"]
     assert failed["source"].endswith("junk.dcm")
     assert failed["error"].startswith("InvalidDicomError")
 

@@ -6,7 +6,6 @@ sessions.  Each test failed before its fix (see docs/guarantees.md)."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import signal
@@ -26,7 +25,7 @@ import aiodicom
 from aiodicom import NamingError, Status
 from aiodicom.sinks import FsspecFile
 from tests import datasets
-from tests.helpers import pydicom_bytes
+from tests.helpers import pydicom_bytes, read_report
 
 pytestmark = pytest.mark.anyio
 
@@ -303,9 +302,9 @@ def test_sigterm_stops_the_cli_like_ctrl_c(tmp_path: Path, workers: str) -> None
     assert process.returncode == 143, err.decode()
     assert b"Traceback" not in err
     assert b"interrupted" in out
-    report = json.loads(report_path.read_text())
-    assert report["summary"]["stopped_early"] is True
-    listed = {Path(i["destination"]).name for i in report["items"] if i["status"] == "written"}
+    summary, items = read_report(report_path)
+    assert summary["stopped_early"] is True
+    listed = {Path(i["destination"]).name for i in items if i["status"] == "written"}
     on_disk = {p.name for p in (tmp_path / "out").glob("*.dcm")}
     assert on_disk == listed
     assert _temp_files(tmp_path) == []
@@ -342,3 +341,28 @@ async def test_a_lost_gcs_session_starts_the_upload_over(
 
     fs = gcsfs.GCSFileSystem(**gcs_storage_options)
     assert fs.cat_file(f"{gcs_bucket}/lost.dcm") == pydicom_bytes(ds)
+
+
+# --- issue 13: the report goes to disk as items finish; memory keeps failures only ------
+
+
+async def test_a_streamed_report_and_only_failures_in_memory(tmp_path: Path) -> None:
+    from tests.helpers import read_report
+
+    items: list[Any] = [_slice(number) for number in range(30)]
+    items.insert(10, Path(tmp_path / "missing.dcm"))
+    report = await aiodicom.export(
+        items,
+        tmp_path / "out",
+        template="{SOPInstanceUID}.dcm",
+        report=tmp_path / "report.jsonl",
+        keep_items=False,
+    )
+    assert (report.written, report.failed, report.done) == (30, 1, 31)
+    assert [item.status for item in report.items] == [Status.FAILED]  # failures only
+    assert report.bytes_written == sum(p.stat().st_size for p in (tmp_path / "out").iterdir())
+    summary, lines = read_report(tmp_path / "report.jsonl")
+    assert len(lines) == 31
+    assert summary["written"] == 30
+    assert summary["bytes_written"] == report.bytes_written
+    assert {line["status"] for line in lines} == {"written", "failed"}

@@ -254,11 +254,11 @@ async def run_in_processes(
     *,
     workers: int,
     progress: ProgressCallback | None,
-    total: int | None,
+    tally: Tally,
 ) -> ExportReport:
     """Export with `workers` worker processes; the report and progress are as for
     the single-process export."""
-    pool = _Pool(root, options, workers, progress, total)
+    pool = _Pool(root, options, workers, progress, tally)
     return await pool.run(sources)
 
 
@@ -269,13 +269,13 @@ class _Pool:
         options: ExportOptions,
         workers: int,
         progress: ProgressCallback | None,
-        total: int | None,
+        tally: Tally,
     ) -> None:
         self.root = root
         self.options = options
         self.workers = workers
         self.progress = progress
-        self.tally = Tally(total)
+        self.tally = tally
         self.taken = TakenNames()
         self.processes: list[_Process] = []
         self.room = anyio.Event()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from .._errors import DuplicateDestinationError
 
@@ -14,6 +15,7 @@ __all__ = [
     "ExportProgress",
     "ExportReport",
     "ItemResult",
+    "JsonLinesReport",
     "Status",
     "Tally",
     "TakenNames",
@@ -127,7 +129,9 @@ class ExportReport:
     Attributes
     ----------
     items : list of ItemResult
-        One per item, in the order they finished.
+        One per item, in the order they finished; only the failed ones when the
+        export was run with ``keep_items=False`` (the counts below still cover
+        every item).
     seconds : float
         Wall-clock time of the whole export.
     stopped_early : bool
@@ -136,18 +140,28 @@ class ExportReport:
         listed) or if the export was interrupted.
     dry_run : bool
         ``True`` if nothing was meant to be written.
+    counts : mapping of Status to int, optional
+        Items per status, when `items` does not hold them all (computed from
+        `items` otherwise).
+    total_bytes : int, optional
+        Bytes written, likewise.
     """
 
     items: list[ItemResult]
     seconds: float
     stopped_early: bool = False
     dry_run: bool = False
+    counts: Mapping[Status, int] | None = field(default=None, repr=False)
+    total_bytes: int | None = field(default=None, repr=False)
     _counts: dict[Status, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         counts = dict.fromkeys(Status, 0)
-        for item in self.items:
-            counts[item.status] += 1
+        if self.counts is not None:
+            counts.update(self.counts)
+        else:
+            for item in self.items:
+                counts[item.status] += 1
         object.__setattr__(self, "_counts", counts)
 
     @property
@@ -168,7 +182,14 @@ class ExportReport:
     @property
     def bytes_written(self) -> int:
         """Bytes written, over all items."""
+        if self.total_bytes is not None:
+            return self.total_bytes
         return sum(item.bytes for item in self.items)
+
+    @property
+    def done(self) -> int:
+        """Items finished, whatever their status."""
+        return sum(self._counts.values())
 
     @property
     def throughput(self) -> float:
@@ -193,27 +214,61 @@ class ExportReport:
             f"{format_bytes(self.bytes_written)} in {self.seconds:.2f} s"
         )
         if not self.dry_run and self.seconds > 0:
-            rate = len(self.items) / self.seconds
+            rate = self.done / self.seconds
             text += f" ({format_bytes(self.throughput)}/s, {rate:.1f} items/s)"
         if self.stopped_early:
             text += "; stopped early"
         return text
 
+    def summary_dict(self) -> dict[str, Any]:
+        """The counts, bytes and time, JSON-ready."""
+        return {
+            "written": self.written,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "bytes_written": self.bytes_written,
+            "seconds": round(self.seconds, 6),
+            "bytes_per_second": round(self.throughput, 1),
+            "stopped_early": self.stopped_early,
+            "dry_run": self.dry_run,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary: a ``summary`` and the ``items``."""
         return {
-            "summary": {
-                "written": self.written,
-                "skipped": self.skipped,
-                "failed": self.failed,
-                "bytes_written": self.bytes_written,
-                "seconds": round(self.seconds, 6),
-                "bytes_per_second": round(self.throughput, 1),
-                "stopped_early": self.stopped_early,
-                "dry_run": self.dry_run,
-            },
+            "summary": self.summary_dict(),
             "items": [item.to_dict() for item in self.items],
         }
+
+
+class JsonLinesReport:
+    """The streamed report: one JSON object per item, written as the item finishes,
+    then one ``{"summary": {...}}`` line.  Memory does not grow with the number of
+    items, and an export that is stopped by force still leaves a line per item it
+    finished.
+
+    Parameters
+    ----------
+    stream : text file
+        Where the lines go (a file, or standard output).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._last_flush = time.monotonic()
+
+    def item(self, item: ItemResult) -> None:
+        """Write the line of one finished item (flushed at least once a second)."""
+        self._stream.write(json.dumps(item.to_dict()) + "\n")
+        now = time.monotonic()
+        if now - self._last_flush >= 1.0:
+            self._stream.flush()
+            self._last_flush = now
+
+    def finish(self, report: ExportReport) -> None:
+        """Write the summary line and flush."""
+        self._stream.write(json.dumps({"summary": report.summary_dict()}) + "\n")
+        self._stream.flush()
 
 
 def format_bytes(count: float) -> str:
@@ -233,23 +288,38 @@ class Tally:
     callback gets.
     """
 
-    def __init__(self, total: int | None, started: float | None = None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        started: float | None = None,
+        *,
+        keep_items: bool = True,
+        on_item: Callable[[ItemResult], object] | None = None,
+    ) -> None:
         self.total = total
         self.started = time.perf_counter() if started is None else started
+        self.keep_items = keep_items
+        self.on_item = on_item
         self.items: list[ItemResult] = []
         self.counts = dict.fromkeys(Status, 0)
+        self.done = 0
         self.bytes_written = 0
         self.stopped_early = False
 
     def add(self, item: ItemResult) -> ExportProgress:
-        """Count `item`; return the progress after it."""
-        self.items.append(item)
+        """Count `item` (keep it, unless told to keep only failures; hand it to
+        `on_item`, which writes the streamed report); return the progress."""
+        if self.keep_items or item.status is Status.FAILED:
+            self.items.append(item)
+        self.done += 1
         self.counts[item.status] += 1
         self.bytes_written += item.bytes
+        if self.on_item is not None:
+            self.on_item(item)
         counts = self.counts
         return ExportProgress(
             item=item,
-            done=len(self.items),
+            done=self.done,
             written=counts[Status.WRITTEN] + counts[Status.PLANNED],
             skipped=counts[Status.SKIPPED],
             failed=counts[Status.FAILED],
@@ -270,6 +340,8 @@ class Tally:
             seconds=time.perf_counter() - self.started,
             stopped_early=self.stopped_early,
             dry_run=dry_run,
+            counts=dict(self.counts),
+            total_bytes=self.bytes_written,
         )
 
 

@@ -24,7 +24,15 @@ from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
 from .destination import CountingAsyncSink, CountingSink, Root
 from .naming import DEFAULT_TEMPLATE, Template
 from .options import ExportOptions
-from .report import ExportProgress, ExportReport, ItemResult, Status, TakenNames, Tally
+from .report import (
+    ExportProgress,
+    ExportReport,
+    ItemResult,
+    JsonLinesReport,
+    Status,
+    TakenNames,
+    Tally,
+)
 from .sources import Source, count_local, in_process_memory, iter_sources, read_source
 
 __all__ = ["ProgressCallback", "export", "run_export"]
@@ -56,6 +64,8 @@ async def export(
     progress: ProgressCallback | None = None,
     total: int | None = None,
     workers: int | None = None,
+    report: str | os.PathLike[str] | None = None,
+    keep_items: bool = True,
 ) -> ExportReport:
     """Export many DICOM datasets to a folder or an fsspec URL prefix.
 
@@ -133,6 +143,14 @@ async def export(
         ``1`` otherwise.  ``1``: everything in this process.  `concurrency` is the
         total over all workers.  A callable `template` must then be picklable (a
         module-level function).
+    report : str or os.PathLike, optional
+        A file to write the per-item report to as items finish: JSON Lines, one
+        object per item (as :meth:`ItemResult.to_dict`), then a ``{"summary":
+        ...}`` line.  Memory does not grow with the number of items.
+    keep_items : bool, optional
+        If ``False``, the returned report's ``items`` holds only the failed
+        items (its counts and bytes still cover all), so memory does not grow
+        with the number of items; pair it with `report`.  Default ``True``.
 
     Returns
     -------
@@ -148,7 +166,23 @@ async def export(
     """
     options = ExportOptions.from_arguments(locals())
     root = Root.parse(destination, options.storage_options, options.upload_options)
-    return await run_export(sources, root, options, progress=progress, total=total)
+    if report is None:
+        return await run_export(
+            sources, root, options, progress=progress, total=total, keep_items=keep_items
+        )
+    with open(report, "w", encoding="utf-8") as stream:  # noqa: ASYNC230 (a small local file)
+        lines = JsonLinesReport(stream)
+        outcome = await run_export(
+            sources,
+            root,
+            options,
+            progress=progress,
+            total=total,
+            keep_items=keep_items,
+            on_item=lines.item,
+        )
+        lines.finish(outcome)
+    return outcome
 
 
 async def run_export(
@@ -158,16 +192,20 @@ async def run_export(
     *,
     progress: ProgressCallback | None = None,
     total: int | None = None,
+    keep_items: bool = True,
+    on_item: Callable[[ItemResult], object] | None = None,
 ) -> ExportReport:
-    """Run an export whose settings were checked already (see :func:`export`)."""
+    """Run an export whose settings were checked already (see :func:`export`);
+    `on_item` gets every finished item (the streamed report)."""
+    tally = Tally(total, keep_items=keep_items, on_item=on_item)
     workers = choose_workers(sources, options, total, root)
     if workers > 1:
         from .processes import run_in_processes
 
         return await run_in_processes(
-            sources, root, options, workers=workers, progress=progress, total=total
+            sources, root, options, workers=workers, progress=progress, tally=tally
         )
-    run = Run(root, options, progress, Tally(total))
+    run = Run(root, options, progress, tally)
     send, receive = anyio.create_memory_object_stream[Source](0)
     # Throughput first: encode in the worker threads, as a thread pool would.
     with encode_in_threads():
@@ -313,7 +351,7 @@ class Run:
             status, count, reason = await self._write(source, dataset, name, written)
         except anyio.get_cancelled_exc_class():
             if written and written[0].committed:
-                self.tally.add(
+                self._record_now(
                     ItemResult(
                         source.label,
                         destination,
@@ -470,6 +508,14 @@ class Run:
         if self.fail_fast and result.status is Status.FAILED:
             self.tally.stopped_early = True
             self._stop()
+
+    def _record_now(self, result: ItemResult) -> None:
+        """Count `result` without waiting for anything (the export is being
+        cancelled); a synchronous progress callback still hears of it."""
+        now = self.tally.add(result)
+        if self.progress is not None and not inspect.iscoroutinefunction(self.progress):
+            with contextlib.suppress(Exception):  # the cancellation is what matters now
+                self.progress(now)
 
     def _stop(self) -> None:
         assert self.cancel_scope is not None

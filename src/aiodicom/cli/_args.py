@@ -180,7 +180,10 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help="read and name every file, print the plan, write nothing",
     )
     parser.add_argument(
-        "--report", metavar="FILE", help="write a JSON report (summary and every item) to FILE"
+        "--report",
+        metavar="FILE",
+        help="write the report to FILE as items finish: JSON Lines, one object per item, "
+        "then a summary line ('-': standard output)",
     )
     parser.add_argument(
         "-q",
@@ -265,6 +268,8 @@ def check_source(source: str, storage_options: dict[str, Any] | None) -> None:
 
 
 def check_report_path(path: str) -> None:
+    if path == "-":
+        return
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"cannot write the report {path!r}: no folder {folder!r}")

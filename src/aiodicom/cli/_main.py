@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import anyio
 
@@ -27,7 +24,7 @@ from .._errors import TemplateError, UsageError
 from .._export.destination import Root
 from .._export.naming import Template
 from .._export.options import ExportOptions
-from .._export.report import ExportProgress, ExportReport, ItemResult, Status
+from .._export.report import ExportProgress, ExportReport, JsonLinesReport, Status, Tally
 from .._export.run import run_export
 from .._export.sources import count_local
 from ._args import (
@@ -205,10 +202,14 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
     show: ProgressBar | LogLines | None = None
     if not quiet and not args.dry_run:
         show = (ProgressBar if sys.stderr.isatty() else LogLines)(sys.stderr, verbose=args.verbose)
-    finished: list[ItemResult] = []
+    # Every finished item is counted here and streamed to --report as it finishes;
+    # only failures stay in memory (a million-item export must not grow with it).
+    stream = _open_report(args.report)
+    lines = JsonLinesReport(stream) if stream is not None else None
+    finished = Tally(total, keep_items=False, on_item=lines.item if lines else None)
 
     def on_progress(progress: ExportProgress) -> None:
-        finished.append(progress.item)
+        finished.add(progress.item)
         if show is not None:
             show.update(progress)
         elif progress.item.status is Status.FAILED and not args.dry_run:
@@ -245,7 +246,6 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             return run_on_dask(sources, destination, options, client=client, progress=on_progress)
 
     on_dask = getattr(args, "dask", False) or getattr(args, "dask_scheduler", None) is not None
-    started = time.perf_counter()
     interrupted = False
     outcome: ExportReport | None = None
     try:
@@ -261,12 +261,8 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             show.close()
     if outcome is None:  # Ctrl-C or SIGTERM: what finished is reported
         interrupted = True
-        report = ExportReport(
-            items=finished,
-            seconds=time.perf_counter() - started,
-            stopped_early=True,
-            dry_run=args.dry_run,
-        )
+        finished.stopped_early = True
+        report = finished.report(dry_run=args.dry_run)
     else:
         report = outcome
 
@@ -275,8 +271,10 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             if item.status is not Status.FAILED:
                 print(f"{item.status} {item.source} -> {item.destination}")
     _print_failures(report)
-    if args.report:
-        _write_report(args.report, report)
+    if lines is not None and stream is not None:
+        lines.finish(report)
+        if stream is not sys.stdout:
+            stream.close()
     if not quiet:
         prefix = "interrupted: " if interrupted else ""
         print(f"{prefix}{report.summary()}")
@@ -296,12 +294,13 @@ def _print_failures(report: ExportReport) -> None:
         print(f"  ... and {len(failures) - _SHOWN_FAILURES} more (see --report)", file=sys.stderr)
 
 
-def _write_report(path: str, report: ExportReport) -> None:
-    temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "w", encoding="utf-8") as stream:
-        json.dump(report.to_dict(), stream, indent=2)
-        stream.write("\n")
-    os.replace(temp, path)
+def _open_report(path: str | None) -> TextIO | None:
+    """The stream of the JSON Lines report: a file, or standard output for ``-``."""
+    if path is None:
+        return None
+    if path == "-":
+        return sys.stdout
+    return open(path, "w", encoding="utf-8")
 
 
 _COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
