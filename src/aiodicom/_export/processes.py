@@ -2,11 +2,14 @@
 
 Reading and encoding DICOM is CPU work that one Python process does on one core.
 :func:`run_in_processes` starts ``workers`` processes (``spawn``: nothing of the
-parent's threads or event loop is inherited) and keeps them fed with items; each
+parent's threads or event loop is inherited; ``fork`` while the parent has a single
+thread, which is as safe and much faster) and keeps them fed with items; each
 worker exports one item at a time with the export's own per-item code
-(:meth:`~.run.Run.export_one_blocking`: read, name, write through the same sink,
-the same atomic publish), in its main thread: a process per core already uses the
-cores, and threads inside one would only take turns at the GIL.  The parent keeps
+(:meth:`~.run.Run.name_blocking`, :meth:`~.run.Run.write_blocking`: read, name,
+write through the same sink, the same atomic publish), in its main thread: a
+process per core already uses the cores, and threads inside one would only take
+turns at the GIL.  A worker reads and names the next item while the parent
+answers the claim of the one before, so the round trip costs no time.  The parent keeps
 everything that must be one: the source listing (in order), the duplicate-name
 check (a worker asks before it writes), the tally and the progress callback, the
 report, cancellation.  Items that cannot travel to a process (datasets in memory,
@@ -29,7 +32,6 @@ process group): the parent decides, and tells them to stop.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import logging
 import multiprocessing
@@ -37,6 +39,8 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -52,7 +56,7 @@ from .._errors import RemoteError
 from .destination import Root
 from .options import ExportOptions
 from .report import ExportProgress, ExportReport, ItemResult, Status, TakenNames, Tally
-from .run import Run
+from .run import Named, Run
 from .sources import Source, in_process_memory, iter_sources
 
 __all__ = ["default_workers", "run_in_processes"]
@@ -66,8 +70,21 @@ _FLUSH_EVERY: Final = 0.05
 _STOP_GRACE: Final = 30.0
 """Seconds a stopped worker gets to abort its writes before it is killed."""
 _TRAVELS: Final = frozenset({"path", "url"})
+_AHEAD: Final = 2
+"""Items a worker reads and names before the first of them is written."""
+_AHEAD_BYTES: Final = 64 * 1024 * 1024
+"""...unless their files add up to this much: large instances one at a time."""
 
 ProgressCallback = Callable[[ExportProgress], object | Awaitable[object]]
+
+
+def _start_method() -> str:
+    """``fork`` while this process has a single thread (then nothing can be
+    inherited half-way: no lock held by another thread), which starts a worker in
+    milliseconds; ``spawn`` otherwise (a fresh interpreter, a few hundred ms)."""
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
 
 
 def default_workers() -> int:
@@ -105,6 +122,8 @@ def worker_main(
     # Ctrl-C reaches the whole process group; the parent decides, and tells us to
     # stop cleanly (SIGTERM is the parent's too).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(ValueError):  # a forked child must not wake the parent's loop
+        signal.set_wakeup_fd(-1)
     try:
         _BlockingWorker(connection, root, options).serve()
     finally:
@@ -142,23 +161,39 @@ class _BlockingWorker:
 
     def serve(self) -> None:
         storage = self.options.source_storage_options
+        ahead: deque[tuple[int, Named]] = deque()  # named, claim sent, answer awaited
+        ahead_bytes = 0
         try:
             while not self.stopped:
-                if not self.pending:
+                # Read and name the next item while the parent answers the claim of
+                # the one before: the round trip is hidden behind the read.
+                while self.pending and len(ahead) < _AHEAD and ahead_bytes < _AHEAD_BYTES:
+                    self._poll()
+                    if self.stopped:
+                        break
+                    seq, kind, label = self.pending.popleft()
+                    outcome = self.run.name_blocking(_source(kind, label, storage))
+                    if isinstance(outcome, ItemResult):
+                        self.results.append((seq, portable(outcome)))
+                        continue
+                    self.connection.send(("claim", seq, outcome.name))
+                    ahead.append((seq, outcome))
+                    ahead_bytes += _size(kind, label)
+                if self.stopped:
+                    break
+                if not ahead:
+                    if self.pending:
+                        continue
                     if self.ended:
                         break
                     self.flush()
                     self._handle(self._receive())
                     continue
-                self._poll()
-                if self.stopped:
-                    break
-                seq, kind, label = self.pending.popleft()
-                source = _source(kind, label, storage)
+                seq, named = ahead.popleft()
+                ahead_bytes -= _size(named.source.kind, named.source.label)
                 try:
-                    result = self.run.export_one_blocking(
-                        source, functools.partial(self._claim, seq), self._check
-                    )
+                    refused = self._answer(seq)
+                    result = self.run.write_blocking(named, refused, self._check)
                 except _Stopped:
                     break
                 self.results.append((seq, portable(result)))
@@ -193,21 +228,30 @@ class _BlockingWorker:
         if self.stopped:
             raise _Stopped
 
-    def _claim(self, seq: int, name: str) -> None:
-        self.connection.send(("claim", seq, name))
+    def _answer(self, seq: int) -> BaseException | None:
+        """The parent's answer to the claim of item `seq`: ``None`` (the name is
+        this item's) or the error that refuses it."""
         while seq not in self.answers:
             self._handle(self._receive())
             if self.stopped:
                 raise _Stopped
-        error = self.answers.pop(seq)
-        if error is not None:
-            raise error
+        return self.answers.pop(seq)
 
     def flush(self) -> None:
         if self.results:
             results, self.results = self.results, []
             self.connection.send(("results", results))
         self.flushed = time.monotonic()
+
+
+def _size(kind: str, label: str) -> int:
+    """The size of a source file (0 when unknown: URLs)."""
+    if kind != "path":
+        return 0
+    try:
+        return os.path.getsize(label)
+    except OSError:
+        return 0
 
 
 def _source(kind: str, label: str, storage_options: dict[str, Any] | None) -> Source:
@@ -232,19 +276,21 @@ class _Process:
     outstanding: dict[int, str] = field(default_factory=dict)
     done: bool = False
     stopped: bool = False
-    send_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def room(self) -> int:
         return 0 if self.done else self.window - len(self.outstanding)
 
-    async def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send `message` right away, from the event loop: messages are small (a
+        batch of names, an answer to a claim), the worker reads its pipe between
+        items and between chunks, and the window bounds what is in it, so this
+        never waits long; no thread hop, and one sender, so no interleaving."""
         if self.done:
             return
         # a worker that died cannot be told anything; its listener reports its items
-        async with self.send_lock:
-            with contextlib.suppress(OSError, EOFError):
-                await anyio.to_thread.run_sync(self.connection.send, message)
+        with contextlib.suppress(OSError, EOFError):
+            self.connection.send(message)
 
 
 async def run_in_processes(
@@ -289,7 +335,7 @@ class _Pool:
         self.per_worker = max(1, -(-options.concurrency // workers))
 
     async def run(self, sources: Any) -> ExportReport:
-        context = multiprocessing.get_context("spawn")
+        context: Any = multiprocessing.get_context(_start_method())
         for _ in range(self.workers):
             parent_end, child_end = context.Pipe(duplex=True)
             process = context.Process(
@@ -314,7 +360,7 @@ class _Pool:
                         await self._stop_all(listeners)
                     else:
                         for worker in self.processes:
-                            await worker.send(("end",))
+                            worker.send(("end",))
                 except BaseException:
                     with anyio.CancelScope(shield=True):
                         await self._stop_all(listeners)
@@ -345,9 +391,9 @@ class _Pool:
                 batch = batches.setdefault(worker, [])
                 batch.append((seq, source.kind, source.label))
                 if len(batch) >= _BATCH or worker.room == 0:
-                    await worker.send(("items", batches.pop(worker)))
+                    worker.send(("items", batches.pop(worker)))
         for worker, batch in batches.items():
-            await worker.send(("items", batch))
+            worker.send(("items", batch))
 
     async def _worker_with_room(
         self, batches: dict[_Process, list[tuple[int, str, str]]]
@@ -360,7 +406,7 @@ class _Pool:
             if best.room > 0:
                 return best
             for worker in list(batches):  # nobody has room: send what waits
-                await worker.send(("items", batches.pop(worker)))
+                worker.send(("items", batches.pop(worker)))
             self.room = anyio.Event()
             await self.room.wait()
 
@@ -412,7 +458,7 @@ class _Pool:
                     error: BaseException | None = None
                 except Exception as exc:
                     error = exc
-                await worker.send(("claim", seq, error))
+                worker.send(("claim", seq, error))
             elif kind == "results":
                 for seq, result in message[1]:
                     worker.outstanding.pop(seq, None)
@@ -442,7 +488,7 @@ class _Pool:
         self.tally.stopped_early = True
         for worker in self.processes:
             worker.stopped = True
-            await worker.send(("stop",))
+            worker.send(("stop",))
         listeners.start_soon(self._kill_stragglers)
 
     async def _kill_stragglers(self) -> None:

@@ -13,6 +13,7 @@ import pickle
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -301,6 +302,16 @@ async def _work(run: Run, receive: anyio.abc.ObjectReceiveStream[Source]) -> Non
             await run.record(await run.export_one(source))
 
 
+@dataclass
+class Named:
+    """An item read and named, waiting for its name to be claimed."""
+
+    source: Source
+    dataset: Dataset | None
+    name: str
+    started: float
+
+
 class Run:
     """The state of one export: settings, the tally, names already taken."""
 
@@ -370,29 +381,37 @@ class Run:
             source.label, destination, status, count, time.perf_counter() - start, reason
         )
 
-    def export_one_blocking(
-        self,
-        source: Source,
-        claim: Callable[[str], None],
-        check: Callable[[], None],
-    ) -> ItemResult:
-        """:meth:`export_one`, done right here (blocking), for a worker process
-        that exports one item at a time: no thread hops, no GIL to share.
-        `check` is called between chunks and may raise to stop the write."""
+    def name_blocking(self, source: Source) -> Named | ItemResult:
+        """The first half of :meth:`export_one`, done right here (blocking), for a
+        worker process: read and name the item, or its failure."""
         start = time.perf_counter()
-        destination: str | None = None
         try:
             dataset, name = self._read_and_name(source)
-            destination = name
-            claim(name)
-            status, count, reason = self._write_blocking(source, dataset, name, check)
         except Exception as exc:
             logger.debug("export of %s failed", source.label, exc_info=True)
             return ItemResult(
-                source.label, destination, Status.FAILED, 0, time.perf_counter() - start, exc
+                source.label, None, Status.FAILED, 0, time.perf_counter() - start, exc
+            )
+        return Named(source, dataset, name, start)
+
+    def write_blocking(
+        self, named: Named, refused: BaseException | None, check: Callable[[], None]
+    ) -> ItemResult:
+        """The second half: write a named item whose name was claimed (or
+        `refused`, with the reason).  `check` is called between chunks and may
+        raise to stop the write."""
+        source, name = named.source, named.name
+        try:
+            if refused is not None:
+                raise refused
+            status, count, reason = self._write_blocking(source, named.dataset, name, check)
+        except Exception as exc:
+            logger.debug("export of %s failed", source.label, exc_info=True)
+            return ItemResult(
+                source.label, name, Status.FAILED, 0, time.perf_counter() - named.started, exc
             )
         return ItemResult(
-            source.label, destination, status, count, time.perf_counter() - start, reason
+            source.label, name, status, count, time.perf_counter() - named.started, reason
         )
 
     def _write_blocking(
