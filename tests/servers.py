@@ -174,7 +174,13 @@ def _answers(url: str, any_status: bool) -> bool:
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], ready_url: str, *, any_status: bool = False) -> Iterator[None]:
+def _process(
+    argv: list[str],
+    ready_url: str,
+    *,
+    any_status: bool = False,
+    stop_signal: int = signal.SIGTERM,
+) -> Iterator[None]:
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
     process = subprocess.Popen(
         argv,
@@ -194,7 +200,7 @@ def _process(argv: list[str], ready_url: str, *, any_status: bool = False) -> It
         yield
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, stop_signal)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -264,9 +270,16 @@ def azure_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def orthanc_server() -> Iterator[str]:
-    """Run Orthanc with its DICOMweb plugin, storage in a temporary folder; yield its
-    HTTP URL (``http://127.0.0.1:PORT``; the DICOMweb root is ``/dicom-web``)."""
+def orthanc_server(
+    folder: str | None = None, http_port: int | None = None, *, crash: bool = False
+) -> Iterator[str]:
+    """Run Orthanc with its DICOMweb plugin; yield its HTTP URL (``http://127.0.0.1:PORT``;
+    the DICOMweb root is ``/dicom-web``).
+
+    Storage goes to a temporary folder, or to `folder` (kept), so that a test can
+    stop a server and start another one on the same storage and `http_port`.  With
+    `crash`, it is stopped by SIGKILL (as in a crash) instead of SIGTERM.
+    """
     binary = _binary("AIODICOM_ORTHANC", _orthanc_default, "Orthanc")
     plugin = _orthanc_plugin_default()
     if not os.path.exists(plugin):
@@ -274,15 +287,17 @@ def orthanc_server() -> Iterator[str]:
             f"the Orthanc DICOMweb plugin is not installed (looked for {plugin}); run "
             "`python tests/servers.py install` as root or set AIODICOM_ORTHANC_DICOMWEB"
         )
-    http_port, dicom_port = _free_port(), _free_port()
-    with tempfile.TemporaryDirectory(prefix="aiodicom-orthanc-") as folder:
+    http_port = http_port or _free_port()
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="aiodicom-orthanc-"))
         storage = os.path.join(folder, "storage")
         config = {
             "Name": "aiodicom-tests",
             "StorageDirectory": storage,
             "IndexDirectory": storage,
             "HttpPort": http_port,
-            "DicomPort": dicom_port,
+            "DicomPort": _free_port(),
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "Plugins": [plugin],
@@ -292,7 +307,8 @@ def orthanc_server() -> Iterator[str]:
         with open(path, "w", encoding="utf-8") as file:
             json.dump(config, file)
         url = f"http://127.0.0.1:{http_port}"
-        with _process([binary, path], url + "/system"):
+        stop = signal.SIGKILL if crash else signal.SIGTERM
+        with _process([binary, path], url + "/system", stop_signal=stop):
             yield url
 
 

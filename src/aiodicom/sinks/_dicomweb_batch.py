@@ -10,9 +10,12 @@ server can be asked whether it holds the instance.  Nothing here keeps a chunk
 after handing it on, except those first chunks of an instance that has to wait
 for the next request (its UID is already in this one).
 
-Failures mid-part abandon the request (no closing delimiter: the server stores
-nothing from it).  The instance whose source failed gets its exception as its
-result; the others of that request are sent again in the next one.
+Failures mid-part abandon the request: the instance being sent has no end, so it
+is not stored.  The instances before it in that request had complete parts, which
+servers that store parts as they arrive (Orthanc) may have stored; since that is
+unknown, they are not sent again (retries are only for what was not stored) and
+their result says so.  A connection error mid-part retries only the instance that
+was being sent.
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ class _Item(Generic[L]):
     chunks: _Chunks | None = None  # this attempt's chunks, once opened
     lead: list[Chunk] = field(default_factory=list)  # chunks pulled to sniff the UID
     exhausted: bool = False  # `lead` holds all of them
+    delimited: bool = False  # the delimiter after its part was sent: it may be stored
     sniffer: _stow.MetaSniffer = field(default_factory=_stow.MetaSniffer)
     size: int = 0
     result: StowResult[L] | None = None
@@ -144,7 +148,7 @@ class _Item(Generic[L]):
     async def reset(self) -> None:
         """Forget this attempt (close its chunks) so the next one starts afresh."""
         chunks, self.chunks = self.chunks, None
-        self.lead, self.exhausted, self.size = [], False, 0
+        self.lead, self.exhausted, self.size, self.delimited = [], False, 0, False
         self.sniffer = _stow.MetaSniffer()
         if chunks is not None:
             await chunks.aclose()
@@ -306,6 +310,10 @@ class _Batch(Generic[L]):
         item: _Item[L] | None = first
         while item is not None:
             yield _stow.part_head(self.boundary, first=not self.sent)
+            # resumed: the delimiter that ends the previous part has been sent, so
+            # the server may store that instance now (Orthanc does)
+            if self.sent:
+                self.sent[-1].delimited = True
             self.sent.append(item)
             self.order.append(item)
             item.attempts += 1
@@ -334,6 +342,7 @@ class _Batch(Generic[L]):
             self.bytes += item.size
             item = await self.next_ready()
         yield _stow.close_delimiter(self.boundary, parts=len(self.sent))
+        self.sent[-1].delimited = True
         self.body_complete = True
 
     async def run(self) -> _Outcome[L]:
@@ -369,12 +378,13 @@ class _Batch(Generic[L]):
         except _AbortRequest:
             await self._abandoned()
         except hx.TransportError as exc:
-            error = _transport_error(exc, url, sent=self.body_complete)
             for item in self.sent:
                 if self.body_complete:
-                    item.finish(StowStatus.FAILED, error=error)
-                else:
-                    await self._retry(item, error, None)
+                    item.finish(StowStatus.FAILED, error=_transport_error(exc, url, sent=True))
+                elif item.delimited:
+                    item.finish(StowStatus.FAILED, error=_maybe_stored(url, f"{exc!r}"))
+                else:  # the instance being sent: its part has no end, it is not stored
+                    await self._retry(item, _transport_error(exc, url, sent=False), None)
         else:
             response = reply.parse()
             outcomes = _stow.classify(response, [item.uid for item in self.sent])
@@ -439,26 +449,23 @@ class _Batch(Generic[L]):
             item.finish(StowStatus.FAILED, entry=entry, error=error)
 
     async def _abandoned(self) -> None:
-        """An instance's source failed mid-part: fail it, send the others again."""
+        """An instance's source failed mid-part: fail it, and say what that means for
+        the instances sent before it in the request (they may have been stored)."""
         assert self.failure is not None
         failed, exc = self.failure
         failed.finish(StowStatus.FAILED, error=exc)
+        why = f"its request was abandoned because the instance {failed.label!r} failed"
         for item in self.sent:
-            if item is failed:
-                continue
-            if item.reusable:
-                item.attempts -= 1  # not its fault: this request does not count
-                await item.reset()
-                self.queue.append(item)
-            else:
-                item.finish(
-                    StowStatus.FAILED,
-                    error=ConnectionAbortedError(
-                        "not stored: its request was abandoned because another instance "
-                        f"in it ({failed.label!r}) failed, and this one's source can be "
-                        "read only once"
-                    ),
-                )
+            if item is not failed:
+                item.finish(StowStatus.FAILED, error=_maybe_stored(self.sink.studies_url, why))
+
+
+def _maybe_stored(url: str, why: str) -> ConnectionAbortedError:
+    return ConnectionAbortedError(
+        f"STOW-RS to {url}: {why} after this instance was sent, so it may have been "
+        "stored (some servers, Orthanc for one, store each instance as soon as its "
+        "part has arrived); it is not sent again"
+    )
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -437,13 +437,20 @@ class DicomWeb:
         them, so feed them from something that is ready (e.g. a memory object
         stream filled by concurrent readers) to keep the request from idling.
 
-        An instance whose encoding fails part-way gets a ``failed`` result with the
-        encoder's exception; its request is abandoned (the server stores nothing
-        of it) and the other instances of that request are sent again in a new
-        one.  Retries are as for :func:`aiodicom.dcmwrite`, per instance; a
-        source that can be used only once is not retried.  Results are failures,
-        not exceptions; an exception raised by `items` itself ends the iteration
-        after the results of what was already sent.
+        A request that ends early (an instance's encoding fails part-way, the
+        connection drops, the iteration is cancelled) never has its closing
+        delimiter: the instance being sent has no end and is not stored.  The
+        instances before it in that request had complete parts, which a server may
+        already have stored (Orthanc stores each one as soon as its part has
+        arrived): their result is ``failed`` with a :class:`ConnectionError`
+        saying they may have been stored, and they are not sent again.  The
+        instance whose encoding failed gets the encoder's exception; one cut off
+        by the connection is retried.  Retries are as for
+        :func:`aiodicom.dcmwrite`, per instance; a source that can be used only
+        once is not retried.  Results are failures, not exceptions; an exception
+        raised by `items` itself ends the iteration after the results of what was
+        already sent.  Break out of the iteration early only inside
+        ``contextlib.aclosing(...)``, so that the open request is closed at once.
 
         Parameters
         ----------
