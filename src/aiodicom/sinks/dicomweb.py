@@ -6,7 +6,7 @@ base URL (the one ``/studies`` is appended to).  One write is one HTTP request,
 of one part, sent with chunked transfer encoding while the dataset is encoded:
 
 * **Streamed, bounded memory.**  Each chunk from the encoder is handed to the HTTP
-  client in slices of at most 1 MiB; ``write`` returns once the client has taken
+  client in slices of at most 4 MiB; ``write`` returns once the client has taken
   the slices (copied them into its framing and written them to the connection),
   so a slow server slows the encoder down and the caller's buffers (memoryviews
   of its Pixel Data) are never kept after ``write`` returns.
@@ -883,6 +883,7 @@ class _InstanceWriter:
 
     async def _release(self) -> None:
         self._send_stream.close()
+        self._receive_stream.close()  # (the request task, if any, has ended)
         self._held = []
         with anyio.CancelScope(shield=True):
             await self._clients.aclose()
