@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import io
 import subprocess
 import sys
@@ -785,3 +786,26 @@ def test_aiodicom_imports_without_httpx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'aiodicom[dicomweb]'" in out
+
+
+# ----------------------------------------------------------------------------- example
+
+
+async def test_example_export_to_dicomweb(
+    orthanc_dicomweb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(__file__).resolve().parent.parent / "examples" / "export_to_dicomweb.py"
+    spec = importlib.util.spec_from_file_location("_example_export_to_dicomweb", path)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    files = example.files(None)
+    assert await example.main(orthanc_dicomweb, files) == 0
+    out = capsys.readouterr().out
+    assert f"{len(files)} stored, 0 exists, 0 failed" in out
+    for file in files:
+        ds = pydicom.dcmread(file)
+        expected = io.BytesIO()
+        pydicom.dcmwrite(expected, ds, enforce_file_format=True)
+        assert await stored_file(orthanc_dicomweb, ds.SOPInstanceUID) == expected.getvalue()
