@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -108,8 +109,11 @@ class FakeDicomWeb:
     :attr:`stored`.
     """
 
-    def __init__(self, responder: Responder | None = None) -> None:
+    def __init__(
+        self, responder: Responder | None = None, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.responder = responder or standard
+        self.tls = tls
         self.plan: list[Action] = []
         self.requests: list[Request] = []
         self.stored: dict[str, bytes] = {}
@@ -121,8 +125,11 @@ class FakeDicomWeb:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{port}/dicomweb"
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{port}/dicomweb"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -161,6 +168,10 @@ class _Handler(BaseHTTPRequestHandler):
             found = uid in self.fake.stored
         matches = [{"00080018": {"vr": "UI", "Value": [uid]}}] if found else []
         self._answer(Reply(200, json.dumps(matches).encode(), _JSON))
+
+    def do_DELETE(self) -> None:  # aiodicom never deletes: recorded, and refused
+        self.fake.requests.append(self._request())
+        self._answer(Reply(405))
 
     def do_POST(self) -> None:
         self._store()

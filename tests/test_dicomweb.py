@@ -18,8 +18,10 @@ import functools
 import hashlib
 import importlib.util
 import io
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -156,6 +158,7 @@ def hooked(n_bytes: int, at: int, hook: Callable[[], None]) -> tuple[Dataset, by
 def fake() -> Iterator[FakeDicomWeb]:
     with FakeDicomWeb(standard) as server:
         yield server
+    assert not [r for r in server.requests if r.method == "DELETE"]  # never deletes
 
 
 async def collect(results: AsyncIterator[StowResult[Any]]) -> list[StowResult[Any]]:
@@ -698,11 +701,17 @@ async def test_items_that_raise_end_after_what_was_sent(fake: FakeDicomWeb) -> N
 
 async def test_auth_headers_and_chunked_body(fake: FakeDicomWeb) -> None:
     tokens = iter(f"token-{i}" for i in range(100))
+    threads: list[threading.Thread] = []
 
     async def async_provider() -> str:
         return next(tokens)
 
-    await aiodicom.dcmwrite(DicomWeb(fake.url, token=lambda: next(tokens)), ct())
+    def sync_provider() -> str:  # may block (google-auth refreshes over HTTP)
+        threads.append(threading.current_thread())
+        return next(tokens)
+
+    await aiodicom.dcmwrite(DicomWeb(fake.url, token=sync_provider), ct())
+    assert threads != [threading.current_thread()]  # called in a worker thread
     await aiodicom.dcmwrite(DicomWeb(fake.url, token=async_provider), ct())
     await aiodicom.dcmwrite(DicomWeb(fake.url, token="static"), ct())
     await aiodicom.dcmwrite(
@@ -729,6 +738,45 @@ async def test_auth_headers_and_chunked_body(fake: FakeDicomWeb) -> None:
         "Bearer token-2",
         "Bearer token-3",
     ]
+
+
+def _certificate(folder: Path, name: str) -> tuple[str, str]:
+    cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_tls_verify_and_client_certificate(tmp_path: Path) -> None:
+    server_cert, server_key = _certificate(tmp_path, "server")
+    client_cert, client_key = _certificate(tmp_path, "client")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server_cert, server_key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(client_cert)
+    with FakeDicomWeb(standard, tls=context) as server:
+        assert server.url.startswith("https://")
+        mutual = {"verify": server_cert, "cert": (client_cert, client_key), "retries": 0}
+        ds = ct()
+        await aiodicom.dcmwrite(DicomWeb(server.url, **mutual), ds)
+        assert server.stored[ds.SOPInstanceUID] == reference(ds)
+        # a file holding both the certificate and its key works too
+        both = tmp_path / "client-both.pem"
+        both.write_text(Path(client_cert).read_text() + Path(client_key).read_text())
+        await aiodicom.dcmwrite(DicomWeb(server.url, verify=server_cert, cert=str(both)), ct())
+        with pytest.raises(ConnectionError, match="nothing was stored"):  # unknown CA
+            await aiodicom.dcmwrite(DicomWeb(server.url, cert=mutual["cert"], retries=0), ct())
+        with pytest.raises(ConnectionError):  # no client certificate
+            await aiodicom.dcmwrite(DicomWeb(server.url, verify=server_cert, retries=0), ct())
+        own = ssl.create_default_context(cafile=server_cert)
+        own.load_cert_chain(client_cert, client_key)
+        await aiodicom.dcmwrite(DicomWeb(server.url, verify=own), ct())
+        assert len(server.stored) == 3
 
 
 async def test_write_returns_only_when_the_chunk_is_sent(fake: FakeDicomWeb) -> None:
