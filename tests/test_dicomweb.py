@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib.util
 import io
+import logging
 import ssl
 import subprocess
 import sys
@@ -233,6 +234,22 @@ async def test_large_multiframe_streamed(orthanc_dicomweb: str) -> None:
     stored = await stored_file(orthanc_dicomweb, ds.SOPInstanceUID)
     assert stored is not None
     assert hashlib.sha256(stored).hexdigest() == expected
+
+
+async def test_orthanc_400_lists_what_it_stored(orthanc_dicomweb: str) -> None:
+    """Orthanc answers 400 to a request with an unreadable part, and stores (and
+    lists) the readable ones: the list wins over the status code."""
+    good = ct()
+    results = await collect(
+        DicomWeb(orthanc_dicomweb).store_many([("good", reference(good)), ("junk", b"junk")])
+    )
+    assert [(r.label, r.status) for r in results] == [
+        ("good", StowStatus.STORED),
+        ("junk", StowStatus.FAILED),
+    ]
+    assert isinstance(results[1].error, DicomWebError)
+    assert results[1].error.status_code == 400
+    assert await stored_file(orthanc_dicomweb, good.SOPInstanceUID) == reference(good)
 
 
 async def test_orthanc_reports_no_duplicates_check_exists_does(orthanc_dicomweb: str) -> None:
@@ -469,7 +486,9 @@ async def test_azure_202_partial_success(fake: FakeDicomWeb) -> None:
     assert len(fake.stow_requests) == 1  # none of it is retryable
 
 
-async def test_azure_warning_is_stored(fake: FakeDicomWeb) -> None:
+async def test_azure_warning_is_stored(
+    fake: FakeDicomWeb, caplog: pytest.LogCaptureFixture
+) -> None:
     def answer(server: FakeDicomWeb, request: Request) -> Reply:
         item = referenced_item(server, request.parts[0], warning=45063)
         item["00741048"] = {
@@ -480,7 +499,9 @@ async def test_azure_warning_is_stored(fake: FakeDicomWeb) -> None:
 
     fake.responder = answer
     ds = ct()
-    await aiodicom.dcmwrite(DicomWeb(fake.url), ds)  # stored: no error
+    with caplog.at_level(logging.WARNING, logger="aiodicom"):
+        await aiodicom.dcmwrite(DicomWeb(fake.url), ds)  # stored: no error
+    assert f"stored {ds.SOPInstanceUID} with WarningReason 45063 (0xB007)" in caplog.text
     [result] = await collect(DicomWeb(fake.url).store_many([("w", reference(ds))]))
     assert (result.status, result.warning_reason) == (StowStatus.STORED, 45063)
 
@@ -537,6 +558,34 @@ async def test_empty_bodies(fake: FakeDicomWeb, status: int, stored: bool) -> No
     [result] = await collect(DicomWeb(fake.url).store_many([(0, reference(ct()))]))
     assert result.ok is stored
     assert len(fake.stow_requests) == 2
+
+
+async def test_out_of_resources_is_retried(fake: FakeDicomWeb) -> None:
+    def busy_once(server: FakeDicomWeb, request: Request) -> Reply:
+        if len(server.stow_requests) % 2:  # the 1st, 3rd... request of the test
+            failed = [failed_item(part, 0xA700) for part in request.parts]
+            return Reply(409, dicom_json([], failed), {"Content-Type": "application/dicom+json"})
+        return standard(server, request)
+
+    fake.responder = busy_once
+    ds = ct()
+    await aiodicom.dcmwrite(DicomWeb(fake.url), ds)
+    [result] = await collect(DicomWeb(fake.url).store_many([(0, reference(ct()))]))
+    assert (result.status, result.attempts) == (StowStatus.STORED, 2)
+    assert len(fake.stow_requests) == 4
+    assert fake.stored[ds.SOPInstanceUID] == reference(ds)
+
+
+async def test_duplicate_reasons() -> None:
+    def entry(reason: int, *texts: str) -> _stow.Entry:
+        return _stow.Entry("1.2.3", failure_reason=reason, texts=list(texts))
+
+    assert _stow.is_duplicate(entry(45070))
+    assert _stow.is_duplicate(entry(0x0111))
+    assert _stow.is_duplicate(entry(0x0110, "An instance already exists in this store"))
+    assert not _stow.is_duplicate(entry(0x0110, "cannot parse"))
+    assert not _stow.is_duplicate(entry(45071))
+    assert not _stow.is_duplicate(entry(0xC000))
 
 
 async def test_429_retried_then_given_up(fake: FakeDicomWeb) -> None:

@@ -318,7 +318,7 @@ class _Batch(Generic[L]):
             self.order.append(item)
             item.attempts += 1
             if item.retry is None:
-                item.retry = self.sink.policy.start()
+                item.retry = self.sink._policy.start()
             lead, item.lead = item.lead, []
             for chunk in lead:
                 item.size += memoryview(chunk).nbytes

@@ -342,10 +342,9 @@ class DicomWeb:
         self.batch_count = batch_count
         self.batch_bytes = batch_bytes
         self._retries = retries
-        self.policy = RetryPolicy(
+        self._policy = RetryPolicy(
             retries, first=_BACKOFF_FIRST, maximum=_BACKOFF_MAX, deadline=float(deadline)
-        )
-        """The shared retry policy, with this sink's `retries` and `deadline`."""
+        )  # the shared retry policy, with this sink's `retries` and `deadline`
         self._token = token
         self._headers = merged
         self._basic = basic_auth
@@ -600,7 +599,7 @@ class DicomWeb:
         """The QIDO-RS search behind `check_exists`, with the same retries."""
         hx = _httpx()
         url = f"{self.url}/instances"
-        attempts = self.policy.start()
+        attempts = self._policy.start()
         while True:
             headers = await self._request_headers(Accept="application/dicom+json")
             try:
@@ -675,7 +674,7 @@ def _next_attempt(sink: DicomWeb) -> _Attempt:
     now = time.monotonic()
     if note is not None and note.sink() is sink and now <= note.expires:
         return note
-    return _Attempt(weakref.ref(sink), sink.policy.start(), now)
+    return _Attempt(weakref.ref(sink), sink._policy.start(), now)
 
 
 @dataclass
