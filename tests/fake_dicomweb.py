@@ -248,12 +248,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
 
     def _answer(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
+        with contextlib.suppress(ConnectionError):  # the client may have given up
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
 
 
 _JSON = {"Content-Type": "application/dicom+json"}

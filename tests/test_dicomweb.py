@@ -828,6 +828,34 @@ async def test_tls_verify_and_client_certificate(tmp_path: Path) -> None:
         assert len(server.stored) == 3
 
 
+async def test_your_own_client(fake: FakeDicomWeb) -> None:
+    async with httpx.AsyncClient(headers={"X-From": "mine"}) as client:
+        sink = DicomWeb(fake.url, client=client, token="t")
+        await aiodicom.dcmwrite(sink, ct())
+        [result] = await collect(sink.store_many([(0, reference(ct()))]))
+        assert result.ok
+        assert not client.is_closed  # yours: never closed by aiodicom
+        await aiodicom.dcmwrite(sink, ct())
+    assert [r.headers["x-from"] for r in fake.stow_requests] == ["mine"] * 3
+    assert [r.headers["authorization"] for r in fake.stow_requests] == ["Bearer t"] * 3
+    with pytest.raises(ValueError, match="your own client"):
+        DicomWeb(fake.url, client=httpx.AsyncClient(), verify=False)
+
+
+async def test_timeout_waiting_for_the_response(fake: FakeDicomWeb) -> None:
+    """The body was sent, the answer does not come: the instance may be stored, so
+    it is not sent again."""
+
+    def slow(server: FakeDicomWeb, request: Request) -> Reply:
+        time.sleep(1.0)
+        return standard(server, request)
+
+    fake.responder = slow
+    with pytest.raises(TimeoutError, match="may have been stored"):
+        await aiodicom.dcmwrite(DicomWeb(fake.url, timeout=0.2), ct())
+    assert len(fake.stow_requests) == 1
+
+
 async def test_write_returns_only_when_the_chunk_is_sent(fake: FakeDicomWeb) -> None:
     """A chunk may be a view of the caller's buffer: once write() returns, changing
     the buffer must not change what the server gets."""
