@@ -48,6 +48,9 @@ class RetryableError(Exception):
 class DicomWebError(OSError):
     """A DICOMweb server did not store an instance, or refused a request.
 
+    Built like any :class:`OSError` (usually with just a message), plus what the
+    server said as keyword arguments; all of it survives pickling.
+
     Attributes
     ----------
     url : str
@@ -62,21 +65,17 @@ class DicomWebError(OSError):
 
     def __init__(
         self,
-        message: str,
-        *,
-        url: str,
+        *args: object,
+        url: str = "",
         status_code: int | None = None,
         failure_reason: int | None = None,
         detail: str = "",
     ) -> None:
-        super().__init__(message)
+        super().__init__(*args)
         self.url = url
         self.status_code = status_code
         self.failure_reason = failure_reason
         self.detail = detail
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class TemplateError(ValueError):
