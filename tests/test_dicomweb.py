@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import io
 import logging
 import ssl
@@ -34,7 +33,6 @@ import anyio
 import anyio.from_thread
 import httpx
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -910,25 +908,3 @@ def test_aiodicom_imports_without_httpx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'aiodicom[dicomweb]'" in out
-
-
-# ----------------------------------------------------------------------------- example
-
-
-async def test_example_export_to_dicomweb(
-    orthanc_dicomweb: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = Path(__file__).resolve().parent.parent / "examples" / "export_to_dicomweb.py"
-    spec = importlib.util.spec_from_file_location("_example_export_to_dicomweb", path)
-    assert spec is not None
-    assert spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    files = example.files(None)
-    assert await example.main(orthanc_dicomweb, files) == 0
-    out = capsys.readouterr().out
-    assert f"{len(files)} stored, 0 exists, 0 failed" in out
-    for file in files:
-        uid = pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID
-        expected = pydicom_bytes(file, enforce_file_format=True)
-        assert await stored_file(orthanc_dicomweb, uid) == expected
