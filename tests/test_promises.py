@@ -205,29 +205,45 @@ async def test_two_datasets_sharing_one_buffer_at_once(tmp_path: Path) -> None:
     open_file.close()
 
 
-async def test_deferred_values_read_from_one_buffer_at_once(tmp_path: Path) -> None:
-    """A dataset read from a buffer with deferred values reads them back from that
-    buffer at write time (pydicom seeks it): concurrent writes must not interleave."""
-    source = io.BytesIO()
+class SlowSource(io.BytesIO):
+    """A dataset's source buffer on a slow disk (once `slow` is set)."""
+
+    slow = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.slow:
+            time.sleep(0.001)
+        return super().read(size)
+
+
+@pytest.mark.parametrize("kind", ["slow-buffer", "open-file"])
+async def test_deferred_values_read_from_one_buffer_at_once(tmp_path: Path, kind: str) -> None:
+    """A dataset read from a buffer or an open file, with deferred values, reads
+    them back from that object at write time (pydicom seeks it): concurrent
+    writes must not interleave."""
     original = multiframe(3 * MiB)
     block = original.private_block(0x0011, "AIODICOM PROMISES", create=True)
     for i in range(6):
         block.add_new(0x10 + i, "OB", bytes([i + 1]) * (300_000 + i))
+    source: Any = SlowSource()
     pydicom.dcmwrite(source, original, enforce_file_format=True)
-    expected = []
-    for _ in range(2):
-        source.seek(0)
-        expected.append(written_by_pydicom(pydicom.dcmread(source, defer_size=1024)))
-    assert expected[0] == expected[1]
+    if kind == "open-file":
+        (tmp_path / "source.dcm").write_bytes(source.getvalue())
+        source = open(tmp_path / "source.dcm", "rb")  # noqa: SIM115 (closed below)
+    source.seek(0)
+    expected = written_by_pydicom(pydicom.dcmread(source, defer_size=1024))
     for _ in range(3):
         source.seek(0)
+        source.slow = False
         ds = pydicom.dcmread(source, defer_size=1024)
+        source.slow = True
         out = [bytearray() for _ in range(6)]
         async with anyio.create_task_group() as tg:
             for destination in out:
                 tg.start_soon(aiodicom.dcmwrite, destination, ds)
         for i, data in enumerate(out):
-            assert bytes(data) == expected[0], f"output {i}"
+            assert bytes(data) == expected, f"output {i}"
+    source.close()
 
 
 async def test_failing_buffer_read_puts_the_buffer_back(tmp_path: Path) -> None:

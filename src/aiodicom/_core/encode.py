@@ -185,7 +185,8 @@ def prepare(
         and tsyntax.is_transfer_syntax
         and "PixelData" in dataset
     ):
-        dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
+        with _source_lock(dataset):  # a deferred Pixel Data is read here, as in pydicom
+            dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
 
     if on_open is not None:
         on_open(encoding)
@@ -447,9 +448,16 @@ def _is_deferred(elem: DataElement | RawDataElement | None) -> bool:
 
 
 def _source_lock(dataset: Dataset) -> Any:
-    """The lock of the buffer `dataset` was read from (pydicom seeks it to read a
-    deferred value), or a no-op context when it was read from a path."""
-    source = getattr(dataset, "filename", None)
+    """The lock of the buffer `dataset` was read from, where pydicom reads its
+    deferred values back (seeking it), or a no-op context when it reopens a path.
+
+    Mirrors ``pydicom.dataset.Dataset.__getitem__``: the source is the open buffer
+    if there is one (``dcmread`` of a file object), else the file name."""
+    filename = getattr(dataset, "filename", None)
+    buffer = getattr(dataset, "buffer", None)
+    source = filename or buffer
+    if filename and buffer and not getattr(buffer, "closed", False):
+        source = buffer
     if source is None or isinstance(source, str | bytes | os.PathLike):
         return nullcontext()
     return _lock_for(source)
