@@ -1154,3 +1154,58 @@ async def test_nested_large_values_are_encoded_off_the_loop(
     assert threads, "pydicom's writer did not run"
     assert threading.get_ident() not in threads
     assert out.getvalue() == expected
+
+
+# --- 1 (sweep). several writes to one file object or bytearray at once ---------------
+
+
+def _same_destination(kind: str, directory: Path) -> tuple[Any, Callable[[], bytes]]:
+    if kind == "bytearray":
+        target = bytearray(b"old")
+        return target, lambda: bytes(target)
+    if kind in ("bytesio", "dicombytesio"):
+        buffer = io.BytesIO(b"old") if kind == "bytesio" else DicomBytesIO(b"old")
+        buffer.seek(3)
+        return buffer, buffer.getvalue
+    f = open(directory / "shared.dcm", "w+b")  # noqa: SIM115 (closed with the test)
+    f.write(b"old")
+    return f, lambda: (f.flush(), (directory / "shared.dcm").read_bytes())[1]
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "bytesio", "dicombytesio", "file"])
+async def test_writes_to_one_destination_at_once_do_not_interleave(
+    tmp_path: Path, kind: str
+) -> None:
+    """Writes started together to one caller-owned object are done one after the
+    other: each dataset's bytes in one piece, in the order the writes started; a
+    failing one is rolled back without touching the others'."""
+    destination, content = _same_destination(kind, tmp_path)
+    datasets_ = [multiframe(6 * MiB + i) for i in range(3)]
+    expected = [reference(ds) for ds in datasets_]
+    failing = _failing_dataset(2)
+    async with anyio.create_task_group() as tg:
+        for ds in datasets_[:2]:
+            tg.start_soon(aiodicom.dcmwrite, destination, ds)
+            await anyio.sleep(0)  # started in this order
+
+        async def fails() -> None:
+            with pytest.raises(OSError, match="disk on fire"):
+                await aiodicom.dcmwrite(destination, failing)
+
+        tg.start_soon(fails)
+        await anyio.sleep(0)
+        tg.start_soon(aiodicom.dcmwrite, destination, datasets_[2])
+    assert content() == b"old" + b"".join(expected)
+    if kind == "file":
+        destination.close()
+
+
+async def test_writes_to_one_async_file_at_once_do_not_interleave(tmp_path: Path) -> None:
+    datasets_ = [multiframe(6 * MiB + i) for i in range(3)]
+    expected = [reference(ds) for ds in datasets_]
+    async with await anyio.open_file(tmp_path / "x.dcm", "w+b") as f:
+        async with anyio.create_task_group() as tg:
+            for ds in datasets_:
+                tg.start_soon(aiodicom.dcmwrite, f, ds)
+                await anyio.sleep(0)
+    assert (tmp_path / "x.dcm").read_bytes() == b"".join(expected)

@@ -16,6 +16,10 @@ to their limit, and the rest of the write goes on in a worker thread.  Sinks tha
 may refuse the first write (caller-owned file objects) are never encoded ahead of
 their writes, so a refused write leaves the dataset as pydicom leaves it.
 
+Writes into one caller-owned object (a file object, a ``bytearray``) started from
+one event loop take turns, in the order they started: appends and writes "at the
+current position" would otherwise interleave.
+
 The driver knows sinks only through the protocol and the optional capabilities
 of :func:`aiodicom.sinks.capabilities` (pre-flight check, retries, inline writes).
 
@@ -28,8 +32,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
-from contextlib import closing, contextmanager
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from contextvars import ContextVar
 from typing import Any, Final, cast
 
@@ -145,33 +150,78 @@ async def dcmwrite(
         bad_destination: Exception | None = None
     except (TypeError, ValueError) as exc:
         sink, bad_destination = None, exc
-    able = capabilities(sink)
+    # Writes to one caller-owned object (a file object, a bytearray) take turns:
+    # concurrent appends or writes at "the current position" would interleave.
+    async with _one_at_a_time(_caller_owned(destination, sink)):
+        # read now: a file object's position (and so its capabilities) is where
+        # the previous write left it
+        able = capabilities(sink)
 
-    def plan() -> EncodePlan:
-        def on_open(encoding: tuple[bool, bool]) -> None:
-            # pydicom reports a bad destination only once the dataset has passed
-            if bad_destination is not None:
-                raise bad_destination
-            if isinstance(destination, DicomIO):
-                destination.is_implicit_VR, destination.is_little_endian = encoding
-            if able.check is not None:
-                able.check(exist_ok=exist_ok)  # pydicom opens its file here
+        def plan() -> EncodePlan:
+            def on_open(encoding: tuple[bool, bool]) -> None:
+                # pydicom reports a bad destination only once the dataset has passed
+                if bad_destination is not None:
+                    raise bad_destination
+                if isinstance(destination, DicomIO):
+                    destination.is_implicit_VR, destination.is_little_endian = encoding
+                if able.check is not None:
+                    able.check(exist_ok=exist_ok)  # pydicom opens its file here
 
-        return prepare(
-            dataset,
-            implicit_vr=implicit_vr,
-            little_endian=little_endian,
-            enforce_file_format=enforce_file_format,
-            force_encoding=force_encoding,
-            on_open=on_open,
-        )
+            return prepare(
+                dataset,
+                implicit_vr=implicit_vr,
+                little_endian=little_endian,
+                enforce_file_format=enforce_file_format,
+                force_encoding=force_encoding,
+                on_open=on_open,
+            )
 
-    if isinstance(sink, Sink):
-        await _retrying(able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, able))
-    else:
-        await _retrying(
-            able.retries, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok)
-        )
+        if isinstance(sink, Sink):
+            await _retrying(able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, able))
+        else:
+            await _retrying(
+                able.retries, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok)
+            )
+
+
+def _caller_owned(destination: Any, sink: Sink | AsyncSink | None) -> Any:
+    """The caller's object that the write goes into in place (a file object, a
+    bytearray), or ``None`` (a path or URL: a sink of its own; a sink passed in)."""
+    if sink is None or destination is sink:
+        return None
+    if isinstance(destination, str | bytes | os.PathLike | tuple):
+        return None
+    return destination
+
+
+_DESTINATIONS: RunVar[dict[int, tuple[anyio.Lock, int]]] = RunVar("aiodicom_destinations")
+
+
+@asynccontextmanager
+async def _one_at_a_time(destination: Any) -> AsyncIterator[None]:
+    """Hold `destination`'s lock (one per object and event loop, first come first
+    served) for the whole write; nothing for ``None``."""
+    if destination is None:
+        yield
+        return
+    try:
+        locks = _DESTINATIONS.get()
+    except LookupError:
+        locks = {}
+        _DESTINATIONS.set(locks)
+    key = id(destination)  # unique while registered: the object is in use
+    lock, users = locks.get(key, (None, 0))
+    lock = lock or anyio.Lock()
+    locks[key] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = locks[key]
+        if users == 1:
+            del locks[key]
+        else:
+            locks[key] = (lock, users - 1)
 
 
 async def _to_sink(
