@@ -274,7 +274,7 @@ async def test_failing_buffer_read_puts_the_buffer_back(tmp_path: Path) -> None:
 
 _SCENARIO = textwrap.dedent(
     """
-    import json, os, shutil, stat, sys, tempfile
+    import json, os, shutil, stat, subprocess, sys, tempfile
     sys.path.insert(0, sys.argv[1])
     import anyio, aiodicom, pydicom
     from tests.datasets import ct_slice
@@ -292,6 +292,8 @@ _SCENARIO = textwrap.dedent(
                 anyio.run(lambda: aiodicom.dcmwrite(path, ct_slice(8, 8), exist_ok=exist_ok))
         result[who] = outcome(root, write)
         os.chmod(root, 0o755)
+        if shutil.which("chattr"):  # an immutable file cannot be removed
+            subprocess.run(["chattr", "-R", "-i", root], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result))
     """
@@ -348,6 +350,14 @@ def _read_only_file(root: str) -> str:
     with open(os.path.join(root, "x.dcm"), "wb") as f:
         f.write(b"read-only content")
     os.chmod(os.path.join(root, "x.dcm"), 0o444)
+    return "x.dcm"
+
+
+def _immutable_file(root: str) -> str:
+    Path(root, "x.dcm").write_bytes(b"immutable content")
+    chattr = shutil.which("chattr")
+    assert chattr is not None, "chattr (e2fsprogs) is needed"
+    subprocess.run([chattr, "+i", os.path.join(root, "x.dcm")], check=True)
     return "x.dcm"
 
 
@@ -435,6 +445,7 @@ def _symlink_to_read_only_file(root: str) -> str:
 SCENARIOS: dict[str, Callable[[str], str]] = {
     "read-only-file": _read_only_file,
     "read-only-file-read-only-dir": _read_only_file_read_only_dir,
+    "immutable-file": _immutable_file,
     "new-file-read-only-dir": _new_file_read_only_dir,
     "symlink-to-read-only-file": _symlink_to_read_only_file,
     "trailing-slash-new": _trailing_slash_new,
@@ -477,6 +488,7 @@ def _assert_like_pydicom(result: dict[str, Any]) -> None:
 _LOCAL_CASES = [
     "read-only-file",
     "read-only-file-read-only-dir",
+    "immutable-file",
     "new-file-read-only-dir",
     "symlink-to-read-only-file",
     "trailing-slash-new",
@@ -1203,9 +1215,9 @@ async def test_writes_to_one_destination_at_once_do_not_interleave(
 async def test_writes_to_one_async_file_at_once_do_not_interleave(tmp_path: Path) -> None:
     datasets_ = [multiframe(6 * MiB + i) for i in range(3)]
     expected = [reference(ds) for ds in datasets_]
-    async with await anyio.open_file(tmp_path / "x.dcm", "w+b") as f:
-        async with anyio.create_task_group() as tg:
-            for ds in datasets_:
-                tg.start_soon(aiodicom.dcmwrite, f, ds)
-                await anyio.sleep(0)
+    f = await anyio.open_file(tmp_path / "x.dcm", "w+b")
+    async with f, anyio.create_task_group() as tg:
+        for ds in datasets_:
+            tg.start_soon(aiodicom.dcmwrite, f, ds)
+            await anyio.sleep(0)
     assert (tmp_path / "x.dcm").read_bytes() == b"".join(expected)
