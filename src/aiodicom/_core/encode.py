@@ -21,7 +21,6 @@ each other's bytes, and the buffer ends where it started, as pydicom leaves it.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 import zlib
@@ -458,7 +457,7 @@ def _source_lock(dataset: Dataset) -> Any:
     source = filename or buffer
     if filename and buffer and not getattr(buffer, "closed", False):
         source = buffer
-    if source is None or isinstance(source, str | bytes | os.PathLike):
+    if source is None or isinstance(source, str | bytes) or hasattr(source, "__fspath__"):
         return nullcontext()
     return _lock_for(source)
 
