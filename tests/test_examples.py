@@ -336,3 +336,23 @@ async def test_export_folder_example_writes_then_resumes(
     assert len(fs.find(root)) == len(sources)
     if kind == "memory":
         fs.rm(root, recursive=True)
+
+
+@pytest.mark.anyio
+async def test_export_to_dicomweb(
+    orthanc_dicomweb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydicom's example files, four requests in flight, land in Orthanc whole."""
+    example = load("export_to_dicomweb")
+    files = example.files(None)
+    assert await example.main(orthanc_dicomweb, files) == 0
+    out = capsys.readouterr().out
+    assert f"{len(files)} stored, 0 exists, 0 failed" in out
+    orthanc = orthanc_dicomweb.removesuffix("/dicom-web")
+    async with httpx.AsyncClient() as client:
+        for file in files:
+            uid = pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID
+            query = {"Level": "Instance", "Query": {"SOPInstanceUID": uid}}
+            [instance] = (await client.post(f"{orthanc}/tools/find", json=query)).json()
+            stored = (await client.get(f"{orthanc}/instances/{instance}/file")).content
+            assert stored == pydicom_bytes(file, enforce_file_format=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._core import EncodePlan, prepare
 from ._driver import dcmwrite
 from ._errors import (
+    DicomWebError,
     DuplicateDestinationError,
     NamingError,
     PartitionError,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "AsyncSink",
     "AsyncWriter",
+    "DicomWebError",
     "DuplicateDestinationError",
     "EncodePlan",
     "ExportOptions",

@@ -10,8 +10,15 @@ propagates, which is as shielded as it gets.
 *Light* datasets (see :mod:`aiodicom._core.cost`: a typical image, whatever the size of
 its Pixel Data) are validated and encoded inline instead, which takes the loop
 a millisecond or two and spares it from waiting for the GIL behind encoding
-threads; only the sink's I/O then runs in the worker thread (and small writes to
-sinks that declare them cheap, such as in-memory buffers, are done inline too).
+threads; only the sink's I/O then runs in the worker thread.  Sinks that declare
+writes cheap (in-memory buffers) are written inline as the chunks are encoded, up
+to their limit, and the rest of the write goes on in a worker thread.  Sinks that
+may refuse the first write (caller-owned file objects) are never encoded ahead of
+their writes, so a refused write leaves the dataset as pydicom leaves it.
+
+Writes into one caller-owned object (a file object, a ``bytearray``) started from
+one event loop take turns, in the order they started: appends and writes "at the
+current position" would otherwise interleave.
 
 The driver knows sinks only through the protocol and the optional capabilities
 of :func:`aiodicom.sinks.capabilities` (pre-flight check, retries, inline writes).
@@ -23,10 +30,12 @@ more than one chunk, which is the backpressure).  Its ``abort`` runs shielded.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from contextvars import ContextVar
 from typing import Any, Final, cast
 
@@ -43,7 +52,7 @@ from pydicom.misc import warn_and_log
 from ._core import Chunk, EncodePlan, is_light, prepare
 from ._errors import RetryableError
 from ._retry import RetryPolicy
-from .sinks import AsyncSink, Sink, capabilities, resolve
+from .sinks import AsyncSink, Capabilities, Sink, Writer, capabilities, resolve
 
 __all__ = ["dcmwrite"]
 
@@ -142,34 +151,78 @@ async def dcmwrite(
         bad_destination: Exception | None = None
     except (TypeError, ValueError) as exc:
         sink, bad_destination = None, exc
-    able = capabilities(sink)
+    # Writes to one caller-owned object (a file object, a bytearray) take turns:
+    # concurrent appends or writes at "the current position" would interleave.
+    async with _one_at_a_time(_caller_owned(destination, sink)):
+        # read now: a file object's position (and so its capabilities) is where
+        # the previous write left it
+        able = capabilities(sink)
 
-    def plan() -> EncodePlan:
-        def on_open(encoding: tuple[bool, bool]) -> None:
-            # pydicom reports a bad destination only once the dataset has passed
-            if bad_destination is not None:
-                raise bad_destination
-            if isinstance(destination, DicomIO):
-                destination.is_implicit_VR, destination.is_little_endian = encoding
-            if able.check is not None:
-                able.check(exist_ok=exist_ok)  # pydicom opens its file here
+        def plan() -> EncodePlan:
+            def on_open(encoding: tuple[bool, bool]) -> None:
+                # pydicom reports a bad destination only once the dataset has passed
+                if bad_destination is not None:
+                    raise bad_destination
+                if isinstance(destination, DicomIO):
+                    destination.is_implicit_VR, destination.is_little_endian = encoding
+                if able.check is not None:
+                    able.check(exist_ok=exist_ok)  # pydicom opens its file here
 
-        return prepare(
-            dataset,
-            implicit_vr=implicit_vr,
-            little_endian=little_endian,
-            enforce_file_format=enforce_file_format,
-            force_encoding=force_encoding,
-            on_open=on_open,
-        )
+            return prepare(
+                dataset,
+                implicit_vr=implicit_vr,
+                little_endian=little_endian,
+                enforce_file_format=enforce_file_format,
+                force_encoding=force_encoding,
+                on_open=on_open,
+            )
 
-    if isinstance(sink, Sink):
-        limit = able.inline_write_limit
-        await _retrying(able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, limit))
-    else:
-        await _retrying(
-            able.retries, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok)
-        )
+        if isinstance(sink, Sink):
+            await _retrying(able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, able))
+        else:
+            await _retrying(
+                able.retries, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok)
+            )
+
+
+def _caller_owned(destination: Any, sink: Sink | AsyncSink | None) -> Any:
+    """The caller's object that the write goes into in place (a file object, a
+    bytearray), or ``None`` (a path or URL: a sink of its own; a sink passed in)."""
+    if sink is None or destination is sink:
+        return None
+    if isinstance(destination, str | bytes | os.PathLike | tuple):
+        return None
+    return destination
+
+
+_DESTINATIONS: RunVar[dict[int, tuple[anyio.Lock, int]]] = RunVar("aiodicom_destinations")
+
+
+@asynccontextmanager
+async def _one_at_a_time(destination: Any) -> AsyncIterator[None]:
+    """Hold `destination`'s lock (one per object and event loop, first come first
+    served) for the whole write; nothing for ``None``."""
+    if destination is None:
+        yield
+        return
+    try:
+        locks = _DESTINATIONS.get()
+    except LookupError:
+        locks = {}
+        _DESTINATIONS.set(locks)
+    key = id(destination)  # unique while registered: the object is in use
+    lock, users = locks.get(key, (None, 0))
+    lock = lock or anyio.Lock()
+    locks[key] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = locks[key]
+        if users == 1:
+            del locks[key]
+        else:
+            locks[key] = (lock, users - 1)
 
 
 async def _to_sink(
@@ -177,10 +230,17 @@ async def _to_sink(
     dataset: Dataset,
     plan: Callable[[], EncodePlan],
     exist_ok: bool,
-    inline_write_limit: int,
+    able: Capabilities,
 ) -> None:
     """One attempt at a write to a synchronous sink."""
     if not _ENCODE_INLINE.get() or not is_light(dataset):
+        await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
+        return
+    if able.inline_write_limit:
+        await _write_inline(sink, plan, exist_ok, able.inline_write_limit)
+        return
+    if not able.encode_ahead:
+        # encoded as it is written, in the thread: a refused first write stops it
         await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
         return
     # Light: encode right here (a millisecond or two, and no thread
@@ -192,10 +252,68 @@ async def _to_sink(
         # (anyio's fast path is shielded): do not encode for nothing
         await anyio.lowlevel.checkpoint_if_cancelled()
         chunks = list(plan().chunks())
-    if inline_write_limit and sum(len(memoryview(c)) for c in chunks) <= inline_write_limit:
-        _write_chunks(sink, chunks, exist_ok, check=_never_cancelled)
-    else:
-        await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok)
+    await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok)
+
+
+async def _write_inline(
+    sink: Sink, plan: Callable[[], EncodePlan], exist_ok: bool, limit: int
+) -> None:
+    """Encode a light dataset and write it to a cheap sink in the event loop, each
+    chunk as it is encoded, up to `limit` bytes; a worker thread does the rest."""
+    async with _inline_lock():
+        await anyio.lowlevel.checkpoint_if_cancelled()  # see _to_sink
+        encoded = plan()
+        writer = sink.open(exist_ok=exist_ok)
+        chunks = encoded.chunks()
+        rest: Iterator[Chunk] | None = None
+        try:
+            total = 0
+            for chunk in chunks:
+                total += len(memoryview(chunk))
+                if total > limit:
+                    rest = itertools.chain((chunk,), chunks)
+                    break
+                writer.write(chunk)
+            else:
+                writer.commit()
+        except BaseException:
+            _abort_quietly(writer.abort)
+            chunks.close()
+            raise
+        if rest is None:
+            chunks.close()
+            return
+    await _finish_in_thread(writer, rest, chunks)
+
+
+async def _finish_in_thread(
+    writer: Writer, rest: Iterator[Chunk], chunks: Generator[Chunk, None, None]
+) -> None:
+    """Write `rest` and commit in a worker thread, as :func:`_write_chunks` does."""
+    started = False
+
+    def finish() -> None:
+        nonlocal started
+        started = True
+        try:
+            for chunk in rest:
+                anyio.from_thread.check_cancelled()
+                writer.write(chunk)
+            anyio.from_thread.check_cancelled()
+            writer.commit()
+        except BaseException:
+            _abort_quietly(writer.abort)
+            raise
+        finally:
+            chunks.close()
+
+    try:
+        await anyio.to_thread.run_sync(finish)
+    except BaseException:
+        if not started:  # cancelled before the thread ran: undo what was written
+            _abort_quietly(writer.abort)
+            chunks.close()
+        raise
 
 
 async def _to_async_sink(sink: AsyncSink, plan: Callable[[], EncodePlan], exist_ok: bool) -> None:
@@ -294,7 +412,8 @@ def _write_chunks(
     check: Callable[[], None] = anyio.from_thread.check_cancelled,
 ) -> None:
     """Open the sink, write `chunks` (encoding them as they are pulled, for a
-    generator), commit; on any error or cancellation abort, then re-raise."""
+    generator), commit; on any error or cancellation abort, then re-raise.
+    `check` runs between chunks (by default: has the write been cancelled?)."""
     writer = sink.open(exist_ok=exist_ok)
     try:
         for chunk in chunks:
@@ -346,10 +465,6 @@ def write_in_this_thread(
 def _encode_and_write(plan: Callable[[], EncodePlan], sink: Sink, exist_ok: bool) -> None:
     """The whole write in this worker thread: validate, open, encode, write, commit."""
     _write_chunks(sink, plan().chunks(), exist_ok)
-
-
-def _never_cancelled() -> None:
-    """Inline writes are not interrupted: they are short and never await."""
 
 
 def _abort_quietly(abort: Any) -> None:

@@ -13,6 +13,7 @@ import errno
 import os
 
 __all__ = [
+    "DicomWebError",
     "DuplicateDestinationError",
     "NamingError",
     "PartitionError",
@@ -42,6 +43,39 @@ class RetryableError(Exception):
     be encoded again (pydicom puts buffered values back where they were).  When no
     attempt is left, the caller gets this exception's ``__cause__``.
     """
+
+
+class DicomWebError(OSError):
+    """A DICOMweb server did not store an instance, or refused a request.
+
+    Built like any :class:`OSError` (usually with just a message), plus what the
+    server said as keyword arguments; all of it survives pickling.
+
+    Attributes
+    ----------
+    url : str
+        The request's URL.
+    status_code : int or None
+        The HTTP status.
+    failure_reason : int or None
+        The instance's FailureReason (0008,1197), if the server sent one.
+    detail : str
+        What the server said (failure details, or the start of the body).
+    """
+
+    def __init__(
+        self,
+        *args: object,
+        url: str = "",
+        status_code: int | None = None,
+        failure_reason: int | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(*args)
+        self.url = url
+        self.status_code = status_code
+        self.failure_reason = failure_reason
+        self.detail = detail
 
 
 class TemplateError(ValueError):

@@ -11,12 +11,21 @@ byte-valued ones at the top level of the dataset (Pixel Data, typically).  For t
 we emit the element header ourselves (a few lines mirroring
 :func:`pydicom.filewriter.write_data_element`) and hand on ``memoryview`` slices of
 the caller's buffer, untouched: pydicom would copy the value twice.
+
+Buffered values (file-like objects) may be shared: one dataset written to several
+destinations at once, or one open file held by several datasets.  Every access to
+such a buffer's position happens under a lock of its own (see :func:`_lock_for`),
+and its position is put back after each read, so concurrent writes never read
+each other's bytes, and the buffer ends where it started, as pydicom leaves it.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 import zlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from copy import deepcopy
 from dataclasses import dataclass
 from struct import Struct
@@ -26,7 +35,7 @@ from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.fileutil import buffer_remaining, read_buffer, reset_buffer_position
+from pydicom.fileutil import buffer_remaining, reset_buffer_position
 from pydicom.filewriter import (
     _determine_encoding,
     correct_ambiguous_vr,
@@ -68,11 +77,19 @@ class EncodePlan:
     deflate: bool
 
     def chunks(self) -> Generator[Chunk, None, None]:
-        """Yield the encoded file, in order, as ``bytes`` or ``memoryview`` chunks."""
+        """Yield the encoded file, in order, as ``bytes`` or ``memoryview`` chunks.
+
+        The head (preamble, prefix, File Meta Information) comes alone, first,
+        before anything of the dataset is encoded: pydicom writes it right after
+        opening its destination, so a destination that refuses the first write
+        (a closed file object) fails before the dataset is touched, in both.
+        """
+        if self.head:
+            yield self.head
         body = _encode_dataset(self.dataset, self.implicit_vr, self.little_endian)
         if self.deflate:
             body = _deflate(body)
-        pending = bytearray(self.head)
+        pending = bytearray()
         for chunk in body:
             if len(chunk) >= PASSTHROUGH_MIN:
                 if pending:
@@ -167,7 +184,8 @@ def prepare(
         and tsyntax.is_transfer_syntax
         and "PixelData" in dataset
     ):
-        dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
+        with _source_lock(dataset):  # a deferred Pixel Data is read here, as in pydicom
+            dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
 
     if on_open is not None:
         on_open(encoding)
@@ -221,11 +239,14 @@ def _encode_dataset(dataset: Dataset, implicit_vr: bool, little_endian: bool) ->
     """
     encoding = (implicit_vr, little_endian)
     get_item: Callable[[BaseTag], DataElement | RawDataElement] = dataset.get_item
+    # deferred values of a dataset read from a buffer are read back from it
+    source = _source_lock(dataset)
     if (
         encoding != dataset.original_encoding
         or dataset.original_character_set != dataset._character_set
     ):
-        dataset = correct_ambiguous_vr(dataset, little_endian)
+        with source:
+            dataset = correct_ambiguous_vr(dataset, little_endian)
         get_item = dataset.__getitem__
 
     charset = dataset.get("SpecificCharacterSet", default_encoding)
@@ -234,10 +255,17 @@ def _encode_dataset(dataset: Dataset, implicit_vr: bool, little_endian: bool) ->
         if tag.element == 0 and tag.group > 6:
             continue
         with tag_in_exception(tag):
-            elem = get_item(tag)
+            if _is_deferred(dataset._dict.get(tag)):
+                with source:
+                    elem = get_item(tag)
+            else:
+                elem = get_item(tag)
             passthrough = _passthrough(elem, implicit_vr, little_endian)
             if passthrough is None:
-                write_data_element(buffer, elem, charset)
+                # pydicom reads any buffered value in it (nested in a sequence,
+                # say): hold their locks for the whole element (no yield inside)
+                with _holding(_buffers_in(elem)):
+                    write_data_element(buffer, elem, charset)
                 if buffer.tell() >= CHUNK_SIZE:
                     yield buffer.getvalue()
                     buffer = _new_buffer(encoding)
@@ -290,7 +318,8 @@ def _passthrough(
             return None
         # pydicom's write_data_element looks at `is_empty` first, which checks the
         # buffer and raises "Invalid buffer for ..." (closed, unseekable...)
-        elem.is_empty  # noqa: B018
+        with _lock_for(elem.value):
+            elem.is_empty  # noqa: B018
         return _buffered(elem, implicit_vr, little_endian)
     else:
         value = elem.value
@@ -322,31 +351,115 @@ def _buffered(elem: DataElement, implicit_vr: bool, little_endian: bool) -> Iter
 
     pydicom puts the *unpadded* remaining length in the header and still appends a
     pad byte after an odd-length value; we reproduce that byte for byte.
+
+    Each read is made at an absolute offset under the buffer's lock, and the
+    position is put back at once: other writes of the same buffer, running at the
+    same time, neither see nor disturb it, and the buffer ends where it started
+    (as pydicom leaves it after a write), also when the write fails or stops.
     """
     buffer = elem.value
+    lock = _lock_for(buffer)
     undefined = elem.is_undefined_length
+    with lock:
+        first = b""
+        if undefined and elem.tag == _PIXEL_DATA:
+            with reset_buffer_position(buffer):
+                first = buffer.read(4)
+        start = buffer.tell()
+        length = buffer_remaining(buffer)
     if undefined and elem.tag == _PIXEL_DATA:
-        # check after the position is restored: pydicom's context manager does
-        # not restore it when the body raises
-        with reset_buffer_position(buffer):
-            first = buffer.read(4)
         _check_encapsulated(first, little_endian)
-    length = buffer_remaining(buffer)
     yield _header(elem.tag, elem.VR, length, undefined, implicit_vr, little_endian)
-    written = 0
-    start = buffer.tell()
-    try:
-        with reset_buffer_position(buffer):
-            for chunk in read_buffer(buffer, chunk_size=CHUNK_SIZE):
-                written += len(chunk)
-                yield chunk
-    except GeneratorExit:
-        # The consumer stopped (the sink failed, the write was cancelled): put the
-        # caller's buffer back, so the dataset can be written again (a retry).  An
-        # error of the buffer itself propagates with the position as pydicom leaves it.
-        buffer.seek(start)
-        raise
-    yield _trailer(written % 2 == 1, undefined, little_endian)
+    offset = start
+    while True:
+        with lock:
+            try:
+                buffer.seek(offset)
+                chunk = buffer.read(CHUNK_SIZE)
+            except BaseException:
+                _seek_quietly(buffer, start)
+                raise
+            buffer.seek(start)
+        if not chunk:
+            break
+        offset += len(chunk)
+        yield chunk
+    yield _trailer((offset - start) % 2 == 1, undefined, little_endian)
+
+
+def _seek_quietly(buffer: Any, position: int) -> None:
+    """Put `buffer` back at `position` if it still can be (its own error wins)."""
+    with suppress(Exception):  # closed or broken: the read's error is what matters
+        buffer.seek(position)
+
+
+_LOCKS_GUARD: Final = threading.Lock()
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_SHARED_LOCK: Final = threading.RLock()
+
+
+def _lock_for(buffer: Any) -> threading.RLock:
+    """The lock that guards `buffer`'s position, one per buffer object for as long
+    as it lives (one shared lock for objects that cannot be weakly referenced)."""
+    with _LOCKS_GUARD:
+        try:
+            lock = _LOCKS.get(buffer)
+            if lock is None:
+                lock = _LOCKS[buffer] = threading.RLock()
+        except TypeError:  # unhashable, or no weak references
+            return _SHARED_LOCK
+        return lock
+
+
+@contextmanager
+def _holding(buffers: Iterable[Any]) -> Iterator[None]:
+    """Hold the locks of all `buffers`, taken in one global order (no deadlock
+    between two writes that need the same locks)."""
+    locks = {id(lock): lock for lock in map(_lock_for, buffers)}
+    with ExitStack() as stack:
+        for key in sorted(locks):
+            stack.enter_context(locks[key])
+        yield
+
+
+def _buffers_in(elem: DataElement | RawDataElement) -> list[Any]:
+    """The buffered values pydicom would read to write `elem` (in its sequences)."""
+    found: list[Any] = []
+    if isinstance(elem, RawDataElement):
+        return found
+    if elem.is_buffered:
+        found.append(elem.value)
+    elif elem.VR == "SQ":
+        stack = [item for item in elem.value or () if isinstance(item, Dataset)]
+        while stack:
+            for inner in stack.pop()._dict.values():
+                if isinstance(inner, RawDataElement):
+                    continue
+                if inner.is_buffered:
+                    found.append(inner.value)
+                elif inner.VR == "SQ":
+                    stack.extend(i for i in inner.value or () if isinstance(i, Dataset))
+    return found
+
+
+def _is_deferred(elem: DataElement | RawDataElement | None) -> bool:
+    return isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0
+
+
+def _source_lock(dataset: Dataset) -> Any:
+    """The lock of the buffer `dataset` was read from, where pydicom reads its
+    deferred values back (seeking it), or a no-op context when it reopens a path.
+
+    Mirrors ``pydicom.dataset.Dataset.__getitem__``: the source is the open buffer
+    if there is one (``dcmread`` of a file object), else the file name."""
+    filename = getattr(dataset, "filename", None)
+    buffer = getattr(dataset, "buffer", None)
+    source = filename or buffer
+    if filename and buffer and not getattr(buffer, "closed", False):
+        source = buffer
+    if source is None or isinstance(source, str | bytes) or hasattr(source, "__fspath__"):
+        return nullcontext()
+    return _lock_for(source)
 
 
 def _check_encapsulated(first: Any, little_endian: bool) -> None:

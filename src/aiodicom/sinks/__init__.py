@@ -4,7 +4,8 @@ The protocol (:class:`Sink`, :class:`Writer`, :class:`AsyncSink`,
 :class:`AsyncWriter` and the optional capabilities) is in ``_protocol``; what
 turns a destination into a sink is :func:`resolve`.  One module per kind of
 destination: :mod:`~aiodicom.sinks.local`, :mod:`~aiodicom.sinks.memory`,
-:mod:`~aiodicom.sinks.fsspec` (object stores through ``_stores``).
+:mod:`~aiodicom.sinks.fsspec` (object stores through ``_stores``),
+:mod:`~aiodicom.sinks.dicomweb` (DICOMweb STOW-RS).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ._protocol import (
     capabilities,
 )
 from ._resolve import is_url, resolve
+from .dicomweb import DicomWeb, DicomWebError, StowResult, StowStatus
 from .fsspec import FsspecFile
 from .local import LocalFile
 from .memory import AsyncFileObject, Bytearray, FileObject
@@ -31,11 +33,15 @@ __all__ = [
     "Bytearray",
     "Capabilities",
     "Chunk",
+    "DicomWeb",
+    "DicomWebError",
     "FileObject",
     "FsspecFile",
     "LocalFile",
     "RetryableError",
     "Sink",
+    "StowResult",
+    "StowStatus",
     "Writer",
     "capabilities",
     "is_url",
@@ -48,6 +54,8 @@ for _name in (
     "AsyncWriter",
     "Capabilities",
     "Sink",
+    "StowResult",
+    "StowStatus",
     "Writer",
     "capabilities",
     "is_url",

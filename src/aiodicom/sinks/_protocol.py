@@ -39,6 +39,12 @@ so a sink you write can opt into each of them:
 ``inline_write_limit``
     Writes of at most this many bytes are cheap enough (a memory copy, no I/O) to
     be done in the event loop instead of a worker thread (default 0: never).
+``encode_ahead``
+    Whether the driver may encode a dataset before the destination has accepted
+    its first chunk (default ``True``).  ``False`` for destinations that may refuse
+    the first write (a caller's file object that is closed or read-only): the
+    dataset is then encoded only as the chunks are written, so a refused first
+    write leaves it exactly as :func:`pydicom.dcmwrite` leaves it.
 """
 
 from __future__ import annotations
@@ -123,6 +129,8 @@ class Capabilities:
     """Whole-write retries after a :class:`~aiodicom.RetryableError`."""
     inline_write_limit: int
     """Bytes up to which writing in the event loop is cheap."""
+    encode_ahead: bool = True
+    """Whether a dataset may be encoded before the first chunk is accepted."""
 
 
 def capabilities(sink: Any) -> Capabilities:
@@ -134,4 +142,5 @@ def capabilities(sink: Any) -> Capabilities:
         check=check if callable(check) else None,
         retries=max(0, int(retries or 0)),
         inline_write_limit=max(0, int(limit or 0)),
+        encode_ahead=bool(getattr(sink, "encode_ahead", True)),
     )

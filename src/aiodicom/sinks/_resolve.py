@@ -10,6 +10,8 @@ from typing import Any, cast
 from pydicom.filebase import DicomIO
 
 from ._protocol import AsyncSink, Sink
+from .dicomweb import SCHEMES as DICOMWEB_SCHEMES
+from .dicomweb import DicomWeb
 from .fsspec import FsspecFile
 from .local import LocalFile
 from .memory import AsyncFileObject, Bytearray, FileObject
@@ -30,11 +32,14 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
     ----------
     destination
         A :class:`Sink` or :class:`AsyncSink`; a local path (``str``, ``bytes``,
-        ``os.PathLike``); an fsspec URL (``str``); an ``(fsspec filesystem, path)``
+        ``os.PathLike``); a DICOMweb URL (``"dicomweb+https://HOST/PATH"``, see
+        :class:`~aiodicom.sinks.DicomWeb`); an fsspec URL (``str``); an
+        ``(fsspec filesystem, path)``
         pair; a ``bytearray``; a synchronous file object (anything with ``write``);
         or an asynchronous one (``write`` is a coroutine function).
     storage_options : dict, optional
-        Options for the fsspec filesystem of a URL destination.
+        Options for the fsspec filesystem of a URL destination; for a DICOMweb
+        URL, keyword arguments of :class:`~aiodicom.sinks.DicomWeb`.
 
     Raises
     ------
@@ -51,6 +56,8 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
         )
     if isinstance(destination, str | bytes | os.PathLike):
         path = os.fspath(destination)
+        if isinstance(path, str) and path.startswith(DICOMWEB_SCHEMES):
+            return DicomWeb.from_url(path, storage_options)  # never an fsspec URL
         if isinstance(path, str) and is_url(path):
             return FsspecFile.from_url(path, storage_options)
         _no_storage_options(storage_options, destination)

@@ -7,7 +7,16 @@
   filesystems without hard links, ``renameat2(RENAME_NOREPLACE)``).
 * Overwriting keeps the old file's permission bits; the file gets a new inode, so
   hard links to the old file keep the old content and the owner becomes the writer.
+  A file pydicom could not open for writing (mode 0444, a read-only filesystem...)
+  is refused with pydicom's error, not replaced.
+* A new file is created with mode ``0o666``, as ``open()`` creates it: the kernel
+  applies the umask (or the directory's default ACL) in force at that moment.
 * A symbolic link is followed: its target is replaced, the link stays.
+* The path is resolved by the kernel, as ``open()`` resolves it: the folder part
+  is opened once (``..`` after a symbolic link goes where the link's target is,
+  ``missing/..`` fails), and the temporary file is created and published relative
+  to that folder, never to the lexical parent.  Every error names the caller's
+  path, as pydicom's do, never the temporary file.
 * Targets that are not regular files (``/dev/null``, a FIFO) are written in place,
   as pydicom does; such a write cannot be rolled back.
 """
@@ -19,8 +28,8 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import secrets
 import stat
-import tempfile
 from typing import Final
 
 from .._core.rules import Chunk
@@ -30,6 +39,21 @@ __all__ = ["TEMP_SUFFIX", "LocalFile"]
 TEMP_SUFFIX: Final = ".aiodicom-tmp"
 """The suffix of temporary files not published yet (export never reads them)."""
 _TEMP_NAME_MAX: Final = 64  # bytes of the target's name kept in the temp name
+_TEMP_ATTEMPTS: Final = 100
+
+_MAXSYMLINKS: Final = 40  # Linux's limit on symbolic links in one lookup
+_DIR_FLAGS: Final = (
+    os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_PATH", 0) | os.O_CLOEXEC
+)
+_TEMP_FLAGS: Final = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+)
+_NEW_FILE_MODE: Final = 0o666
+"""As ``open()``: the kernel takes the umask (or default ACL) off at creation."""
+_PRIVATE_MODE: Final = 0o600
+"""A temporary file that will replace an existing one: private until published,
+then given the old file's mode."""
+_AT_EACCESS: Final = 0x200  # Linux <fcntl.h>
 
 
 def _temp_prefix(name: str) -> str:
@@ -44,20 +68,158 @@ def _temp_prefix(name: str) -> str:
     return f".{name[:kept]}."
 
 
-def _read_umask() -> int:
+def _error(code: int, path: str) -> OSError:
+    """The error ``open(path)`` fails with for `code`: the same type (``OSError``
+    picks the subclass from the errno), message and filename as pydicom's."""
+    return OSError(code, os.strerror(code), path)
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """`exc` again, naming the caller's `path` instead of a file of ours."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), path)
+
+
+def _split(path: str) -> tuple[str, str, bool]:
+    """``(folder, last component, trailing slash)``, as the kernel splits a path."""
+    stripped = path.rstrip("/")
+    if not stripped:
+        return "/", ".", False
+    folder, name = os.path.split(stripped)
+    return folder or ".", name, len(stripped) < len(path)
+
+
+def _open_folder(folder: str, at: int | None, path: str) -> int:
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+        return os.open(folder, _DIR_FLAGS, dir_fd=at)
+    except OSError as exc:
+        raise _named(exc, path) from None
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _c_library() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return None
+        _libc = ctypes.CDLL(name, use_errno=True)
+    return _libc
+
+
+def _access(folder: int, name: str, mode: int) -> int:
+    """0 if this process may access `name` in `folder` for `mode` with its
+    *effective* credentials (capabilities, ACLs, read-only filesystems included),
+    else the errno ``open()`` would fail with."""
+    libc = _c_library()
+    faccessat = getattr(libc, "faccessat", None) if libc is not None else None
+    if faccessat is not None:
+        if faccessat(folder, os.fsencode(name), mode, _AT_EACCESS) == 0:
+            return 0
+        return ctypes.get_errno() or errno.EACCES
+    try:
+        allowed = os.access(name, mode, dir_fd=folder, effective_ids=True)
+    except NotImplementedError:
+        allowed = os.access(name, mode, dir_fd=folder)
+    return 0 if allowed else errno.EACCES
+
+
+def _folder_name(folder: int, fallback: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{folder}")
     except OSError:
-        pass
-    mask = os.umask(0o022)  # no other way to read it; set it straight back
-    os.umask(mask)
-    return mask
+        return fallback
 
 
-_NEW_FILE_MODE: Final = 0o666 & ~_read_umask()
+class _Target:
+    """A resolved path: an open folder, the name in it, and what is there."""
+
+    def __init__(self, folder: int, name: str, st: os.stat_result | None) -> None:
+        self.folder = folder
+        self.name = name
+        self.st = st
+
+    def close(self) -> None:
+        if self.folder >= 0:
+            folder, self.folder = self.folder, -1
+            os.close(folder)
+
+
+def _locate(path: str, exist_ok: bool) -> _Target:
+    """Resolve `path` as ``open(path, "wb" or "xb")`` does, creating nothing.
+
+    The folder part is resolved by the kernel; a symbolic link at the end is
+    followed (``"wb"``) or counts as existing (``"xb"``).  Raises pydicom's error
+    for what ``open`` would refuse at this point, naming `path`."""
+    if not path:
+        raise _error(errno.ENOENT, path)
+    folder_part, name, trailing = _split(path)
+    folder = _open_folder(folder_part, None, path)
+    try:
+        hops = 0
+        while True:
+            if name in (".", ".."):
+                raise _error(errno.EISDIR if exist_ok else errno.EEXIST, path)
+            if trailing:  # O_CREAT with a trailing slash: the kernel says EISDIR
+                raise _error(errno.EISDIR, path)
+            try:
+                st: os.stat_result | None = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                raise _named(exc, path) from None
+            if not exist_ok:
+                if st is not None:
+                    raise _error(errno.EEXIST, path)
+                return _Target(folder, name, None)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                return _Target(folder, name, st)
+            hops += 1
+            if hops > _MAXSYMLINKS:
+                raise _error(errno.ELOOP, path)
+            folder_part, name, trailing = _split(os.readlink(name, dir_fd=folder))
+            linked = _open_folder(folder_part, folder, path)
+            os.close(folder)
+            folder = linked
+    except BaseException:
+        os.close(folder)
+        raise
+
+
+def _refusal(target: _Target, path: str) -> OSError | None:
+    """What ``open(path, "wb")`` would fail with, or where the temporary file cannot
+    be created; ``None`` if the write can go ahead.  Creates nothing."""
+    st = target.st
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            return _error(errno.EISDIR, path)
+        # pydicom opens the file for writing: mode 0444, a read-only filesystem,
+        # an immutable file or a running program refuse it
+        code = _access(target.folder, target.name, os.W_OK)
+        if code:
+            return _error(code, path)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # written in place
+        code = _access(target.folder, ".", os.W_OK | os.X_OK)
+        if code:
+            return _no_temp_file(code, target, path)
+        return None
+    code = _access(target.folder, ".", os.W_OK | os.X_OK)
+    return _error(code, path) if code else None
+
+
+def _no_temp_file(code: int, target: _Target, path: str) -> OSError:
+    """A writable file in a folder that is not: pydicom would rewrite it in place,
+    aiodicom cannot publish atomically, and says so."""
+    where = _folder_name(target.folder, os.path.dirname(os.path.abspath(path)))
+    return OSError(
+        code,
+        f"cannot create a temporary file in {where!r} to publish {path!r} "
+        f"atomically ({os.strerror(code)})",
+    )
 
 
 class LocalFile:
@@ -84,66 +246,64 @@ class LocalFile:
 
     def check(self, *, exist_ok: bool) -> None:
         """Raise what :meth:`open` would raise for the path itself (it exists and
-        `exist_ok` is false, it is a directory, its directory is missing), creating
-        nothing.  The driver calls it where pydicom opens its file, so these errors
-        come before errors in the dataset's encoding, as in pydicom."""
-        self._inspect(exist_ok)
-
-    def _inspect(self, exist_ok: bool) -> tuple[str, os.stat_result | None]:
-        """The real target (symbolic links followed) and its status, if it exists."""
-        path = self.path
-        if not exist_ok and os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-        target = os.path.realpath(path) if os.path.islink(path) else path
+        `exist_ok` is false, it is a directory, its directory is missing, it may not
+        be written), creating nothing.  The driver calls it where pydicom opens its
+        file, so these errors come before errors in the dataset's encoding, and
+        before anything of the dataset is encoded, as in pydicom."""
+        target = _locate(self.path, exist_ok)
         try:
-            st: os.stat_result | None = os.stat(target)
-        except FileNotFoundError:
-            st = None
-            if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-        except NotADirectoryError:  # a parent is a file: pydicom's error too
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        return target, st
+            refusal = _refusal(target, self.path)
+        finally:
+            target.close()
+        if refusal is not None:
+            raise refusal
 
     def open(self, *, exist_ok: bool) -> _InPlaceWriter | _TempFileWriter:
         path = self.path
-        if not path:  # as open(""): the directory part would otherwise be the cwd
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        target, st = self._inspect(exist_ok)
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            return _InPlaceWriter(path)
-
-        directory, name = os.path.split(os.path.abspath(target))
+        target = _locate(path, exist_ok)
         try:
-            fd, temp = tempfile.mkstemp(
-                prefix=_temp_prefix(name), suffix=TEMP_SUFFIX, dir=directory
-            )
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-        except NotADirectoryError:
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
-        except PermissionError as exc:
-            raise PermissionError(
-                exc.errno,
-                f"cannot create a temporary file in {directory!r} to publish "
-                f"{path!r} atomically ({exc.strerror})",
-            ) from None
-        mode = stat.S_IMODE(st.st_mode) if st is not None else _NEW_FILE_MODE
-        return _TempFileWriter(path, target, fd, temp, exist_ok, self.fsync, mode)
+            refusal = _refusal(target, path)
+            if refusal is not None:
+                raise refusal
+            st = target.st
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                target.close()
+                return _InPlaceWriter(path)
+            mode = _NEW_FILE_MODE if st is None else _PRIVATE_MODE
+            fd, temp = _create_temp(target, mode, path)
+        except BaseException:
+            target.close()
+            raise
+        keep = None if st is None else stat.S_IMODE(st.st_mode)
+        return _TempFileWriter(path, target, fd, temp, exist_ok, self.fsync, keep)
+
+
+def _create_temp(target: _Target, mode: int, path: str) -> tuple[int, str]:
+    """Create ``.NAME.XXXXXXXX.aiodicom-tmp`` beside the target, exclusively."""
+    prefix = _temp_prefix(target.name)
+    for _ in range(_TEMP_ATTEMPTS):
+        temp = f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            return os.open(temp, _TEMP_FLAGS, mode, dir_fd=target.folder), temp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if target.st is not None and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise _no_temp_file(exc.errno, target, path) from None
+            raise _named(exc, path) from None
+    raise _error(errno.EEXIST, path)
 
 
 class _TempFileWriter:
     def __init__(
         self,
         path: str,
-        target: str,
+        target: _Target,
         fd: int,
         temp: str,
         exist_ok: bool,
         fsync: bool,
-        mode: int,
+        mode: int | None,
     ) -> None:
         self._path = path
         self._target = target
@@ -161,30 +321,34 @@ class _TempFileWriter:
     def commit(self) -> None:
         fd, self._fd = self._fd, -1
         try:
-            os.fchmod(fd, self._mode)
+            if self._mode is not None:  # replacing a file: keep its mode
+                os.fchmod(fd, self._mode)
             if self._fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        if self._exist_ok:
-            os.replace(self._temp, self._target)
-        else:
-            try:
-                _publish_exclusive(self._temp, self._target)
-            except FileExistsError:
-                raise FileExistsError(
-                    errno.EEXIST, os.strerror(errno.EEXIST), self._path
-                ) from None
-            finally:
-                _unlink_quietly(self._temp)
+        folder, name = self._target.folder, self._target.name
+        try:
+            if self._exist_ok:
+                os.replace(self._temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            else:
+                try:
+                    _publish_exclusive(folder, self._temp, name)
+                finally:
+                    _unlink_quietly(folder, self._temp)
+        except OSError as exc:
+            raise _named(exc, self._path) from None
         if self._fsync:
-            _fsync_directory(os.path.dirname(os.path.abspath(self._target)))
+            _fsync_folder(folder)
+        self._target.close()
 
     def abort(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-        _unlink_quietly(self._temp)
+        if self._target.folder >= 0:
+            _unlink_quietly(self._target.folder, self._temp)
+            self._target.close()
 
 
 class _InPlaceWriter:
@@ -205,13 +369,13 @@ class _InPlaceWriter:
         self._file.close()
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(folder: int, name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=folder)
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def _fsync_folder(folder: int) -> None:
+    fd = os.open(".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), dir_fd=folder)
     try:
         os.fsync(fd)
     finally:
@@ -228,22 +392,23 @@ _LINK_UNSUPPORTED: Final = {
 _RENAME_NOREPLACE: Final = 1
 
 
-def _publish_exclusive(temp: str, target: str) -> None:
-    """Make `temp` appear at `target` unless `target` exists; atomic either way."""
+def _publish_exclusive(folder: int, temp: str, target: str) -> None:
+    """Make `temp` appear at `target` (both in `folder`) unless `target` exists;
+    atomic either way."""
     try:
-        os.link(temp, target)
+        os.link(temp, target, src_dir_fd=folder, dst_dir_fd=folder)
         return
     except FileExistsError:
         raise
     except OSError as exc:
         if exc.errno not in _LINK_UNSUPPORTED:
             raise
-    _renameat2_noreplace(temp, target)
+    _renameat2_noreplace(folder, temp, target)
 
 
-def _renameat2_noreplace(temp: str, target: str) -> None:
-    libc_name = ctypes.util.find_library("c")
-    renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
+def _renameat2_noreplace(folder: int, temp: str, target: str) -> None:
+    libc = _c_library()
+    renameat2 = getattr(libc, "renameat2", None) if libc is not None else None
     if renameat2 is None:
         raise OSError(
             errno.ENOTSUP,
@@ -251,7 +416,6 @@ def _renameat2_noreplace(temp: str, target: str) -> None:
             "no renameat2); use exist_ok=True",
             target,
         )
-    at_fdcwd = -100
-    if renameat2(at_fdcwd, os.fsencode(temp), at_fdcwd, os.fsencode(target), _RENAME_NOREPLACE):
+    if renameat2(folder, os.fsencode(temp), folder, os.fsencode(target), _RENAME_NOREPLACE):
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), target)
