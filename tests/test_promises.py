@@ -1283,3 +1283,47 @@ def _run_without_root_powers(argv: list[str]) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+_FILE_URL_SCENARIO = textwrap.dedent(
+    """
+    import json, os, stat, sys
+    sys.path.insert(0, sys.argv[1])
+    import anyio, aiodicom
+    from tests.datasets import ct_slice
+    folder = sys.argv[2]
+    out = {}
+    os.umask(0o077)  # after the import
+    anyio.run(aiodicom.dcmwrite, "file://" + os.path.join(folder, "new.dcm"), ct_slice(8, 8))
+    out["new_mode"] = oct(stat.S_IMODE(os.stat(os.path.join(folder, "new.dcm")).st_mode))
+    try:
+        anyio.run(aiodicom.dcmwrite, "file://" + os.path.join(folder, "ro.dcm"), ct_slice(8, 8))
+        out["read_only"] = None
+    except Exception as exc:
+        out["read_only"] = [type(exc).__name__, exc.errno]
+    out["ro_content"] = open(os.path.join(folder, "ro.dcm"), "rb").read().decode()
+    out["listing"] = sorted(os.listdir(folder))
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # runs in its own process
+async def test_file_url_follows_the_same_local_rules(tmp_path: Path) -> None:
+    """``file://`` URLs go through the same local sink: the umask of the moment,
+    a read-only file refused and kept."""
+    (tmp_path / "ro.dcm").write_text("read-only")
+    (tmp_path / "ro.dcm").chmod(0o444)
+    argv = [sys.executable, "-c", _FILE_URL_SCENARIO, str(ROOT), str(tmp_path)]
+    result = _run_without_root_powers(argv) if os.geteuid() == 0 else _run_plain(argv)
+    assert result["new_mode"] == "0o600"
+    assert result["read_only"] == ["PermissionError", errno.EACCES]
+    assert result["ro_content"] == "read-only"
+    assert result["listing"] == ["new.dcm", "ro.dcm"]
+
+
+def _run_plain(argv: list[str]) -> dict[str, Any]:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
