@@ -1221,3 +1221,109 @@ async def test_writes_to_one_async_file_at_once_do_not_interleave(tmp_path: Path
             tg.start_soon(aiodicom.dcmwrite, f, ds)
             await anyio.sleep(0)
     assert (tmp_path / "x.dcm").read_bytes() == b"".join(expected)
+
+
+_STICKY_SCENARIO = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    import anyio, aiodicom, pydicom
+    from tests.datasets import ct_slice
+    folder = sys.argv[2]
+    out = {}
+    try:
+        pydicom.dcmwrite(os.path.join(folder, "theirs.dcm"), ct_slice(8, 8))
+        out["pydicom"] = None
+    except Exception as exc:
+        out["pydicom"] = [type(exc).__name__, str(exc)]
+    path = os.path.join(folder, "ours.dcm")
+    try:
+        anyio.run(aiodicom.dcmwrite, path, ct_slice(8, 8))
+        out["ours"] = None
+    except Exception as exc:
+        out["ours"] = [type(exc).__name__, str(exc)]
+    out["content"] = open(path, "rb").read().decode("latin-1")
+    out["listing"] = sorted(os.listdir(folder))
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # runs in its own process
+async def test_sticky_folder_another_users_file_is_refused_clearly(tmp_path: Path) -> None:
+    """Decided, like the read-only folder: in a sticky folder (``/tmp``) another
+    user's writable file cannot be replaced atomically; pydicom rewrites it in
+    place.  aiodicom raises a PermissionError that says why, the file untouched."""
+    folder = tmp_path / "sticky"
+    folder.mkdir()
+    for name in ("theirs.dcm", "ours.dcm"):
+        (folder / name).write_bytes(b"old")
+        (folder / name).chmod(0o666)
+    folder.chmod(0o1777)
+    assert os.geteuid() == 0, "needs root: the folder and files must belong to another user"
+    for path in (folder, folder / "theirs.dcm", folder / "ours.dcm"):
+        os.chown(path, 65534, 65534)
+    result = _run_without_root_powers(
+        [sys.executable, "-c", _STICKY_SCENARIO, str(ROOT), str(folder)]
+    )
+    assert result["pydicom"] is None  # pydicom rewrites it in place
+    name, message = result["ours"]
+    assert name == "PermissionError"
+    assert "atomically" in message
+    assert str(folder / "ours.dcm") in message
+    assert result["content"] == "old"
+    assert result["listing"] == ["ours.dcm", "theirs.dcm"]
+
+
+def _run_without_root_powers(argv: list[str]) -> dict[str, Any]:
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is needed when running as root"
+    argv = [setpriv, "--bounding-set", "-dac_override,-dac_read_search,-fowner", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+_FILE_URL_SCENARIO = textwrap.dedent(
+    """
+    import json, os, stat, sys
+    sys.path.insert(0, sys.argv[1])
+    import anyio, aiodicom
+    from tests.datasets import ct_slice
+    folder = sys.argv[2]
+    out = {}
+    os.umask(0o077)  # after the import
+    anyio.run(aiodicom.dcmwrite, "file://" + os.path.join(folder, "new.dcm"), ct_slice(8, 8))
+    out["new_mode"] = oct(stat.S_IMODE(os.stat(os.path.join(folder, "new.dcm")).st_mode))
+    try:
+        anyio.run(aiodicom.dcmwrite, "file://" + os.path.join(folder, "ro.dcm"), ct_slice(8, 8))
+        out["read_only"] = None
+    except Exception as exc:
+        out["read_only"] = [type(exc).__name__, exc.errno]
+    out["ro_content"] = open(os.path.join(folder, "ro.dcm"), "rb").read().decode()
+    out["listing"] = sorted(os.listdir(folder))
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # runs in its own process
+async def test_file_url_follows_the_same_local_rules(tmp_path: Path) -> None:
+    """``file://`` URLs go through the same local sink: the umask of the moment,
+    a read-only file refused and kept."""
+    (tmp_path / "ro.dcm").write_text("read-only")
+    (tmp_path / "ro.dcm").chmod(0o444)
+    argv = [sys.executable, "-c", _FILE_URL_SCENARIO, str(ROOT), str(tmp_path)]
+    result = _run_without_root_powers(argv) if os.geteuid() == 0 else _run_plain(argv)
+    assert result["new_mode"] == "0o600"
+    assert result["read_only"] == ["PermissionError", errno.EACCES]
+    assert result["ro_content"] == "read-only"
+    assert result["listing"] == ["new.dcm", "ro.dcm"]
+
+
+def _run_plain(argv: list[str]) -> dict[str, Any]:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result

@@ -88,9 +88,11 @@ def _cost(
     if elem.is_buffered:
         return None  # reading a file-like is I/O
     if elem.VR == "SQ":
-        items = [item for item in value or () if isinstance(item, Dataset)]
-        stack.extend((item, depth + 1) for item in items)
-        return 1 + len(items)  # an item costs an element, even an empty one
+        count = len(value or ())
+        if 1 + count > left:
+            return 1 + count  # too many items: not even worth listing them
+        stack.extend((item, depth + 1) for item in value or () if isinstance(item, Dataset))
+        return 1 + count  # an item costs an element, even an empty one
     if depth == 0 and elem.VR in _SURE_PASSTHROUGH_VRS and _passes_through(value):
         return 1
     return _value_cost(value, depth, left)

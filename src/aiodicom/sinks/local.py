@@ -101,12 +101,18 @@ _libc: ctypes.CDLL | None = None
 
 
 def _c_library() -> ctypes.CDLL | None:
+    """The C library, for ``faccessat`` and ``renameat2``: the symbols already
+    loaded into the process (instant), else found by name (which may run
+    ``ldconfig``: only where the first way fails)."""
     global _libc
     if _libc is None:
-        name = ctypes.util.find_library("c")
-        if name is None:
-            return None
-        _libc = ctypes.CDLL(name, use_errno=True)
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:  # pragma: no cover (platforms without dlopen(NULL))
+            name = ctypes.util.find_library("c")
+            if name is None:
+                return None
+            _libc = ctypes.CDLL(name, use_errno=True)
     return _libc
 
 
@@ -206,9 +212,32 @@ def _refusal(target: _Target, path: str) -> OSError | None:
         code = _access(target.folder, ".", os.W_OK | os.X_OK)
         if code:
             return _no_temp_file(code, target, path)
+        if _sticky_elsewhere(target, st):
+            return _not_replaceable(errno.EPERM, target, path)
         return None
     code = _access(target.folder, ".", os.W_OK | os.X_OK)
     return _error(code, path) if code else None
+
+
+def _sticky_elsewhere(target: _Target, st: os.stat_result) -> bool:
+    """A sticky folder (``/tmp``) lets only the owner of a file, or of the folder,
+    replace it (or a process with CAP_FOWNER: root is assumed to have it)."""
+    me = os.geteuid()
+    if me == 0 or st.st_uid == me:
+        return False
+    folder = os.stat(".", dir_fd=target.folder)
+    return bool(folder.st_mode & stat.S_ISVTX) and folder.st_uid != me
+
+
+def _not_replaceable(code: int, target: _Target, path: str) -> OSError:
+    """A writable file that this process may not replace (a sticky folder, another
+    user's file): pydicom would rewrite it in place; aiodicom says why it cannot."""
+    where = _folder_name(target.folder, os.path.dirname(os.path.abspath(path)))
+    return OSError(
+        code,
+        f"cannot replace {path!r} atomically: {where!r} does not let this user "
+        f"replace a file it does not own ({os.strerror(code)})",
+    )
 
 
 def _no_temp_file(code: int, target: _Target, path: str) -> OSError:
@@ -328,16 +357,21 @@ class _TempFileWriter:
         finally:
             os.close(fd)
         folder, name = self._target.folder, self._target.name
-        try:
-            if self._exist_ok:
+        if self._exist_ok:
+            try:
                 os.replace(self._temp, name, src_dir_fd=folder, dst_dir_fd=folder)
-            else:
-                try:
-                    _publish_exclusive(folder, self._temp, name)
-                finally:
-                    _unlink_quietly(folder, self._temp)
-        except OSError as exc:
-            raise _named(exc, self._path) from None
+            except PermissionError as exc:  # a sticky folder, another user's file
+                code = exc.errno or errno.EPERM
+                raise _not_replaceable(code, self._target, self._path) from None
+            except OSError as exc:
+                raise _named(exc, self._path) from None
+        else:
+            try:
+                _publish_exclusive(folder, self._temp, name)
+            except OSError as exc:
+                raise _named(exc, self._path) from None
+            finally:
+                _unlink_quietly(folder, self._temp)
         if self._fsync:
             _fsync_folder(folder)
         self._target.close()
