@@ -264,7 +264,11 @@ def _encode_dataset(dataset: Dataset, implicit_vr: bool, little_endian: bool) ->
             if passthrough is None:
                 # pydicom reads any buffered value in it (nested in a sequence,
                 # say): hold their locks for the whole element (no yield inside)
-                with _holding(_buffers_in(elem)):
+                buffers = _buffers_in(elem)
+                if buffers:
+                    with _holding(buffers):
+                        write_data_element(buffer, elem, charset)
+                else:
                     write_data_element(buffer, elem, charset)
                 if buffer.tell() >= CHUNK_SIZE:
                     yield buffer.getvalue()
