@@ -41,6 +41,8 @@ from pydicom.uid import (
 __all__ = [
     "GENERATED",
     "PYDICOM_FILES",
+    "PYDICOM_NOT_INSTANCES",
+    "not_an_instance",
     "PYDICOM_ROOT",
     "ambiguous_vr",
     "big_endian",
@@ -545,6 +547,35 @@ def close_buffers(ds: Dataset) -> None:
 PYDICOM_FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
 """Every file pydicom ships as test data (folders left out)."""
 PYDICOM_ROOT = os.path.commonpath(PYDICOM_FILES)
+PYDICOM_NOT_INSTANCES = {
+    # not DICOM
+    "README.txt": "not-dicom",
+    "crayons.icc": "not-dicom",
+    "dicomdirtests/README.txt": "not-dicom",
+    "dicomdirtests/TINY_ALPHA/README": "not-dicom",
+    "no_meta.dcm": "not-dicom",  # starts with a stray byte: no data set starts so
+    "rtplan.dump": "not-dicom",
+    "rtstruct.dump": "not-dicom",
+    "test1.json": "not-dicom",
+    "test_PN.json": "not-dicom",
+    "zipMR.gz": "not-dicom",
+    # file-set directories, not instances
+    "dicomdirtests/DICOMDIR": "dicomdir",
+    "dicomdirtests/DICOMDIR-bigEnd": "dicomdir",
+    "dicomdirtests/DICOMDIR-empty.dcm": "dicomdir",
+    "dicomdirtests/DICOMDIR-implicit": "dicomdir",
+    "dicomdirtests/DICOMDIR-nooffset": "dicomdir",
+    "dicomdirtests/DICOMDIR-nopatient": "dicomdir",
+    "dicomdirtests/DICOMDIR-reordered": "dicomdir",
+    "dicomdirtests/TINY_ALPHA/DICOMDIR": "dicomdir",
+}
+"""pydicom's test files an export skips (relative to :data:`PYDICOM_ROOT`), and
+why (:attr:`aiodicom.SourceSkipped.reason`)."""
+
+
+def not_an_instance(path: str) -> str | None:
+    """Why an export skips pydicom's test file `path`, or ``None``."""
+    return PYDICOM_NOT_INSTANCES.get(os.path.relpath(path, PYDICOM_ROOT).replace(os.sep, "/"))
 
 
 def by_source_name(dataset: Dataset) -> str:

@@ -45,6 +45,12 @@ from aiodicom.sinks import AsyncSink, AsyncWriter, Chunk, Sink, Writer
 # --- the reference bytes ------------------------------------------------------------
 
 
+BROKEN_DICOM = b"\x08\x00\x05\x00" + b"\x00" * 60
+"""A file that starts like a DICOM data set (group 0008, no preamble) that pydicom
+refuses without ``force``: an export *fails* it (``InvalidDicomError``), where a
+file that is not DICOM at all (``b"junk"``) is *skipped*."""
+
+
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     """`path` read with ``force=True`` (pydicom's test files include non-DICOM ones),
     its warnings silenced."""

@@ -24,6 +24,7 @@ PUBLIC = {
         "DEFAULT_TEMPLATE",
         "AsyncSink",
         "AsyncWriter",
+        "DestinationError",
         "DicomWebError",
         "DuplicateDestinationError",
         "EncodePlan",
@@ -36,9 +37,11 @@ PUBLIC = {
         "RemoteError",
         "RetryableError",
         "Sink",
+        "SourceSkipped",
         "Status",
         "Template",
         "TemplateError",
+        "TransformError",
         "Writer",
         "__version__",
         "dcmwrite",
@@ -70,13 +73,16 @@ PUBLIC = {
 }
 
 PUBLIC_EXCEPTIONS = {
+    "DestinationError",
     "DicomWebError",
     "DuplicateDestinationError",
     "NamingError",
     "PartitionError",
     "RemoteError",
     "RetryableError",
+    "SourceSkipped",
     "TemplateError",
+    "TransformError",
 }
 
 # Exception classes of aiodicom._errors that are deliberately not public.

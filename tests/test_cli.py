@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 
 from aiodicom.cli import DEMO_FILES, main, parse_storage_options
 from tests import datasets
-from tests.helpers import pydicom_bytes, read_report
+from tests.helpers import BROKEN_DICOM, pydicom_bytes, read_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -52,7 +52,7 @@ def test_export_writes_everything_and_exits_0(
 def test_failures_are_listed_and_exit_1(
     scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (scans / "junk.dcm").write_bytes(b"not dicom at all")
+    (scans / "junk.dcm").write_bytes(BROKEN_DICOM)
     assert main(["export", str(scans), str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     assert "1 failed:" in captured.err
@@ -96,7 +96,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
 
 
 def test_report_is_json_lines_with_every_item(scans: Path, tmp_path: Path) -> None:
-    (scans / "junk.dcm").write_bytes(b"junk")
+    (scans / "junk.dcm").write_bytes(BROKEN_DICOM)
     report_path = tmp_path / "report.jsonl"
     status = main(
         ["export", str(scans), str(tmp_path / "out"), "--report", str(report_path), "-q"]
@@ -198,7 +198,7 @@ def test_python_dash_m_and_help(tmp_path: Path) -> None:
 
 
 def test_plain_log_lines_when_not_a_terminal(scans: Path, tmp_path: Path) -> None:
-    (scans / "junk.dcm").write_bytes(b"junk")
+    (scans / "junk.dcm").write_bytes(BROKEN_DICOM)
     result = subprocess.run(
         [sys.executable, "-m", "aiodicom", "export", str(scans), str(tmp_path / "out")],
         capture_output=True,

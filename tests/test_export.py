@@ -20,13 +20,19 @@ from aiodicom import (
     DuplicateDestinationError,
     ExportProgress,
     NamingError,
+    SourceSkipped,
     Status,
     Template,
     TemplateError,
     export,
 )
 from tests import datasets
-from tests.datasets import PYDICOM_FILES, by_source_name
+from tests.datasets import (
+    PYDICOM_FILES,
+    PYDICOM_NOT_INSTANCES,
+    by_source_name,
+    not_an_instance,
+)
 from tests.helpers import pydicom_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -61,7 +67,14 @@ async def test_every_pydicom_test_file_exports_like_pydicom(tmp_path: Path) -> N
         report = await export(PYDICOM_FILES, tmp_path, template=by_source_name, force=True)
     assert len(report.items) == len(PYDICOM_FILES)
     assert report.written > 150
+    assert report.skipped == len(PYDICOM_NOT_INSTANCES)
     for item in report.items:
+        reason = not_an_instance(item.source)
+        if reason is not None:  # not DICOM, or a DICOMDIR
+            assert item.status is Status.SKIPPED, item.source
+            assert isinstance(item.error, SourceSkipped)
+            assert item.error.reason == reason
+            continue
         try:
             expected: bytes | type[BaseException] = pydicom_bytes(item.source)
         except Exception as exc:
@@ -112,7 +125,9 @@ async def test_folders_are_searched_recursively_and_globs_expand(tmp_path: Path)
 
     report = await export(source, tmp_path / "out", template="{InstanceNumber}.dcm")
     assert sorted(p.name for p in files_under(tmp_path / "out")) == ["0.dcm", "1.dcm", "2.dcm"]
-    assert [item.source for item in report.failures] == [str(source / "a" / "notes.txt")]
+    assert report.ok
+    skipped = [item.source for item in report.items if item.status is Status.SKIPPED]
+    assert skipped == [str(source / "a" / "notes.txt")]
 
     report = await export(
         str(source / "**" / "*.dcm"), tmp_path / "globbed", template="{InstanceNumber}.dcm"
@@ -127,8 +142,8 @@ async def test_a_source_that_fails_to_read_is_reported_and_the_rest_succeed(
 ) -> None:
     good = tmp_path / "good.dcm"
     ct(1).save_as(good, enforce_file_format=True)
-    junk = tmp_path / "junk.dcm"
-    junk.write_bytes(b"\x00" * 200)
+    junk = tmp_path / "junk.dcm"  # starts like a data set without a preamble
+    junk.write_bytes(b"\x08\x00\x05\x00" + b"\x00" * 196)
     missing = tmp_path / "missing.dcm"
     sources: list[Any] = [junk, good, missing, ct(2), 42]
 
@@ -520,6 +535,7 @@ async def test_every_pydicom_test_file_exports_to_memory_like_pydicom() -> None:
         report = await export(PYDICOM_FILES, root, template=by_source_name, force=True)
     fs = fsspec.filesystem("memory")
     assert report.written > 150
+    assert report.skipped == len(PYDICOM_NOT_INSTANCES)
     for item in report.items:
         if item.status is Status.WRITTEN:
             assert item.destination is not None
@@ -547,9 +563,11 @@ async def test_url_sources_prefixes_and_globs(tmp_path: Path) -> None:
 
     report = await export(f"{source}/in", tmp_path / "b", template="{InstanceNumber}.dcm")
     assert report.written == 3
-    (failure,) = report.failures
-    assert failure.source.startswith("memory://")
-    assert failure.source.endswith(f"{source.removeprefix('memory://')}/in/readme.txt")
+    assert report.ok
+    (skipped,) = [item for item in report.items if item.status is Status.SKIPPED]
+    assert skipped.source.startswith("memory://")
+    assert skipped.source.endswith(f"{source.removeprefix('memory://')}/in/readme.txt")
+    assert isinstance(skipped.error, SourceSkipped)
 
 
 @pytest.mark.anyio
@@ -588,7 +606,7 @@ async def test_every_pydicom_test_file_exports_to_s3_like_pydicom(
             storage_options=s3_storage_options,
         )
     assert again.written == 0
-    assert again.skipped == report.written
+    assert again.skipped == report.written + len(PYDICOM_NOT_INSTANCES)
     fs.invalidate_cache()
     assert {k: i["LastModified"] for k, i in fs.find(s3_bucket, detail=True).items()} == stamps
 

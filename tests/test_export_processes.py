@@ -24,6 +24,7 @@ from aiodicom import DuplicateDestinationError, ExportOptions, Status
 from aiodicom._export.destination import Root
 from aiodicom._export.run import choose_workers
 from tests import datasets
+from tests.helpers import BROKEN_DICOM
 
 pytestmark = pytest.mark.anyio
 
@@ -123,7 +124,7 @@ async def test_fail_fast_stops_every_process_and_lists_what_was_written(
     tmp_path: Path,
 ) -> None:
     _sources(tmp_path / "in", 200)
-    (tmp_path / "in" / "0100.dcm").write_bytes(b"not DICOM")
+    (tmp_path / "in" / "0100.dcm").write_bytes(BROKEN_DICOM)
     report = await aiodicom.export(
         tmp_path / "in",
         tmp_path / "out",

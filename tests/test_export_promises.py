@@ -25,7 +25,7 @@ import aiodicom
 from aiodicom import NamingError, Status
 from aiodicom.sinks import FsspecFile
 from tests import datasets
-from tests.helpers import pydicom_bytes, read_report
+from tests.helpers import BROKEN_DICOM, pydicom_bytes, read_report
 
 pytestmark = pytest.mark.anyio
 
@@ -139,7 +139,7 @@ async def test_fail_fast_report_lists_every_file_on_disk(tmp_path: Path, attempt
     folder.mkdir()
     for number in range(60):
         _slice(number).save_as(folder / f"{number:03d}.dcm", enforce_file_format=True)
-    (folder / f"{20 + attempt:03d}.dcm").write_bytes(b"junk")
+    (folder / f"{20 + attempt:03d}.dcm").write_bytes(BROKEN_DICOM)
     report = await aiodicom.export(
         folder, tmp_path / "out", template="{SOPInstanceUID}.dcm", fail_fast=True, workers=1
     )

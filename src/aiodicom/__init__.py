@@ -12,13 +12,16 @@ from __future__ import annotations
 from ._core import EncodePlan, prepare
 from ._driver import dcmwrite
 from ._errors import (
+    DestinationError,
     DicomWebError,
     DuplicateDestinationError,
     NamingError,
     PartitionError,
     RemoteError,
     RetryableError,
+    SourceSkipped,
     TemplateError,
+    TransformError,
 )
 from ._export import (
     DEFAULT_TEMPLATE,
@@ -37,6 +40,7 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "AsyncSink",
     "AsyncWriter",
+    "DestinationError",
     "DicomWebError",
     "DuplicateDestinationError",
     "EncodePlan",
@@ -49,9 +53,11 @@ __all__ = [
     "RemoteError",
     "RetryableError",
     "Sink",
+    "SourceSkipped",
     "Status",
     "Template",
     "TemplateError",
+    "TransformError",
     "Writer",
     "__version__",
     "dcmwrite",

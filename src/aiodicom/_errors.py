@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 __all__ = [
+    "DestinationError",
     "DicomWebError",
     "DuplicateDestinationError",
     "NamingError",
     "PartitionError",
     "RemoteError",
     "RetryableError",
+    "SourceSkipped",
     "TemplateError",
+    "TransformError",
     "UsageError",
     "exists_error",
 ]
@@ -91,6 +95,61 @@ class DuplicateDestinationError(FileExistsError):
 
     The first one is exported; the later ones fail with this error instead of
     silently overwriting it.
+    """
+
+
+class DestinationError(Exception):
+    """The export's destination cannot be written; raised instead of failing item
+    after item with the same error.
+
+    Raised by :func:`aiodicom.export` (and :func:`aiodicom.dask.export`) before any
+    source is read, when the pre-flight check of the destination fails (the
+    bucket or container does not exist, the credentials are refused, the folder
+    cannot be written), and during an export that met the same destination error
+    for many items in a row (it stops there).  ``__cause__`` is the error met.
+
+    Attributes
+    ----------
+    report : ExportReport or None
+        What the export did before it stopped (``stopped_early`` is set);
+        ``None`` when the pre-flight check failed (nothing was read).
+    """
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.report))
+
+
+class SourceSkipped(Exception):
+    """Why an item was skipped without being exported: it is not a DICOM instance.
+
+    It is the :attr:`~aiodicom.ItemResult.error` of a ``skipped`` item: a hidden
+    file or folder met while searching a folder (``reason="hidden"``), a file that
+    is not DICOM (``"not-dicom"``), or a DICOMDIR, a file-set directory rather than
+    an instance (``"dicomdir"``).
+
+    Attributes
+    ----------
+    reason : str
+        ``"hidden"``, ``"not-dicom"`` or ``"dicomdir"``.
+    """
+
+    def __init__(self, message: str, reason: str = "not-dicom") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.reason))
+
+
+class TransformError(Exception):
+    """The export's ``transform`` raised for this item (only that item fails).
+
+    The message is ``"transform <name> failed: Type: message"``; in the process
+    where it happened, ``__cause__`` is the exception the transform raised.
     """
 
 

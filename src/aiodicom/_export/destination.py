@@ -1,13 +1,15 @@
-"""Where exported files go: a root (local folder or URL prefix) and byte counting."""
+"""Where exported files go: a root (local folder, URL prefix or a callable that
+makes a sink per name), its pre-flight check, and byte counting."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import NamingError
+from .._errors import DestinationError, NamingError
 from ..sinks import (
     AsyncSink,
     AsyncWriter,
@@ -19,14 +21,20 @@ from ..sinks import (
     is_url,
     resolve,
 )
+from ..sinks.local import TEMP_SUFFIX
+from .report import describe_error
 from .sources import in_process_memory
 
-__all__ = ["CountingAsyncSink", "CountingSink", "Root"]
+__all__ = ["PROBE_PREFIX", "CountingAsyncSink", "CountingSink", "Root"]
+
+PROBE_PREFIX = ".aiodicom-probe-"
+"""The name of the pre-flight check's probe (removed at once; never a source)."""
 
 
 @dataclass
 class Root:
-    """The destination root: a local folder, or an fsspec URL prefix.
+    """The destination root: a local folder, an fsspec URL prefix, or a callable
+    that returns a sink for each name.
 
     Build one with :meth:`parse`, which checks it before any work starts.
     """
@@ -36,6 +44,7 @@ class Root:
     storage_options: dict[str, Any] | None = None
     upload_options: dict[str, Any] = field(default_factory=dict)
     _fs: Any = field(default=None, repr=False)
+    factory: Callable[[str], Any] | None = field(default=None, repr=False)
 
     @classmethod
     def parse(
@@ -49,16 +58,32 @@ class Root:
         Raises
         ------
         TypeError
-            If `destination` is not a path or a URL string.
+            If `destination` is not a path, a URL string or a callable (a sink
+            is refused: it holds one file, an export writes many).
         ValueError
             For an unknown URL protocol (or one whose package is missing),
-            `storage_options` with a local folder, or a local path that exists
-            and is not a folder.
+            `storage_options` with a local folder or a callable, or a local path
+            that exists and is not a folder.
         """
         if not isinstance(destination, str | bytes | os.PathLike):
+            if callable(destination):
+                if storage_options or upload_options:
+                    raise ValueError(
+                        "storage_options and upload_options are only for fsspec URL "
+                        "destinations, not for a callable"
+                    )
+                name = getattr(destination, "__qualname__", None) or repr(destination)
+                return cls(f"<{name}>", False, factory=destination)
+            if isinstance(destination, Sink | AsyncSink):
+                raise TypeError(
+                    "a sink holds one file, and an export writes many: pass a callable "
+                    "that returns a sink (or a path or URL) for each name, such as "
+                    "lambda name: MySink(name)"
+                )
             raise TypeError(
-                "the export destination must be a folder path or an fsspec URL "
-                f"prefix, not {type(destination).__name__}"
+                "the export destination must be a folder path, an fsspec URL "
+                "prefix or a callable name -> sink, not "
+                f"{type(destination).__name__}"
             )
         location = os.fsdecode(os.fspath(destination))
         if is_url(location) and not location.startswith("file://"):
@@ -79,8 +104,39 @@ class Root:
     @property
     def shared_between_processes(self) -> bool:
         """Whether other processes of this machine write into the same place
-        (not so for ``memory://``, which lives in each process's memory)."""
+        (not so for ``memory://``, which lives in each process's memory, nor for
+        a callable)."""
+        if self.factory is not None:
+            return False
         return self.is_local or not in_process_memory(self.location)
+
+    def check(self, *, dry_run: bool = False) -> None:
+        """The pre-flight check, before any source is read (blocking).
+
+        A local root is created and a temporary file is written in it and
+        removed (in a dry run: the nearest existing folder must be writable;
+        nothing is created).  A URL root gets an upload started and discarded
+        (:meth:`aiodicom.sinks.fsspec.FsspecFile.probe`): the bucket or
+        container exists and the credentials may write.  A callable is not
+        checked (it is yours).
+
+        Raises
+        ------
+        DestinationError
+            If the destination cannot be written; ``__cause__`` says why.
+        """
+        if self.factory is not None:
+            return
+        try:
+            if self.is_local:
+                _check_folder(self.location, dry_run=dry_run)
+            else:
+                probe = self.join(f"{PROBE_PREFIX}{os.urandom(8).hex()}")
+                FsspecFile.from_url(probe, self.storage_options, **self.upload_options).probe()
+        except Exception as exc:
+            raise DestinationError(
+                f"cannot write to {self.location!r}: {describe_error(exc)}"
+            ) from exc
 
     @property
     def unsafe_characters(self) -> str:
@@ -127,7 +183,10 @@ class Root:
             os.makedirs(os.path.dirname(destination), exist_ok=True)
 
     def exists(self, destination: str) -> bool:
-        """Whether `destination` exists now (blocking)."""
+        """Whether `destination` exists now (blocking; ``False`` for a callable
+        root, which cannot tell: its sinks refuse existing names themselves)."""
+        if self.factory is not None:
+            return False
         if self.is_local:
             return os.path.lexists(destination)
         if self._fs is None:
@@ -139,13 +198,36 @@ class Root:
     def sink(self, destination: str) -> CountingSink | CountingAsyncSink:
         """A sink for `destination` that counts the bytes it commits."""
         inner: Sink | AsyncSink
-        if self.is_local:
+        if self.factory is not None:
+            inner = resolve(self.factory(destination))
+        elif self.is_local:
             inner = resolve(destination)
         else:
             inner = FsspecFile.from_url(destination, self.storage_options, **self.upload_options)
         if isinstance(inner, Sink):
             return CountingSink(inner)
         return CountingAsyncSink(inner)
+
+
+def _check_folder(folder: str, *, dry_run: bool) -> None:
+    """Create `folder` and write a temporary file in it, or (`dry_run`) check
+    that its nearest existing folder could be written, creating nothing."""
+    if dry_run:
+        existing = folder
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{existing!r} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"{existing!r} cannot be written")
+        return
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
+    try:
+        os.write(fd, b"aiodicom")
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _url_root(location: str) -> str:
@@ -180,16 +262,24 @@ def _declare_capabilities(wrapper: Any, inner: Any) -> None:
 
 
 class CountingSink:
-    """Wraps a :class:`~aiodicom.sinks.Sink`; :attr:`count` is the bytes committed."""
+    """Wraps a :class:`~aiodicom.sinks.Sink`; :attr:`count` is the bytes committed,
+    :attr:`error` the last error the sink itself raised (the destination failed,
+    as opposed to encoding the dataset)."""
 
     def __init__(self, inner: Sink) -> None:
         self.inner = inner
         self.count = 0
         self.committed = False
+        self.error: BaseException | None = None
         _declare_capabilities(self, inner)
 
     def open(self, *, exist_ok: bool) -> Writer:
-        return _CountingWriter(self, self.inner.open(exist_ok=exist_ok))
+        try:
+            writer = self.inner.open(exist_ok=exist_ok)
+        except Exception as exc:
+            self.error = exc
+            raise
+        return _CountingWriter(self, writer)
 
 
 class _CountingWriter:
@@ -199,11 +289,19 @@ class _CountingWriter:
         self._count = 0
 
     def write(self, chunk: Chunk, /) -> None:
-        self._inner.write(chunk)
+        try:
+            self._inner.write(chunk)
+        except Exception as exc:
+            self._sink.error = exc
+            raise
         self._count += _size(chunk)
 
     def commit(self) -> None:
-        self._inner.commit()
+        try:
+            self._inner.commit()
+        except Exception as exc:
+            self._sink.error = exc
+            raise
         self._sink.count = self._count
         self._sink.committed = True
 
@@ -212,16 +310,22 @@ class _CountingWriter:
 
 
 class CountingAsyncSink:
-    """Wraps an :class:`~aiodicom.sinks.AsyncSink`; :attr:`count` is the bytes committed."""
+    """Wraps an :class:`~aiodicom.sinks.AsyncSink`; as :class:`CountingSink`."""
 
     def __init__(self, inner: AsyncSink) -> None:
         self.inner = inner
         self.count = 0
         self.committed = False
+        self.error: BaseException | None = None
         _declare_capabilities(self, inner)
 
     async def open_async(self, *, exist_ok: bool) -> AsyncWriter:
-        return _CountingAsyncWriter(self, await self.inner.open_async(exist_ok=exist_ok))
+        try:
+            writer = await self.inner.open_async(exist_ok=exist_ok)
+        except Exception as exc:
+            self.error = exc
+            raise
+        return _CountingAsyncWriter(self, writer)
 
 
 class _CountingAsyncWriter:
@@ -231,11 +335,19 @@ class _CountingAsyncWriter:
         self._count = 0
 
     async def write(self, chunk: Chunk, /) -> None:
-        await self._inner.write(chunk)
+        try:
+            await self._inner.write(chunk)
+        except Exception as exc:
+            self._sink.error = exc
+            raise
         self._count += _size(chunk)
 
     async def commit(self) -> None:
-        await self._inner.commit()
+        try:
+            await self._inner.commit()
+        except Exception as exc:
+            self._sink.error = exc
+            raise
         self._sink.count = self._count
         self._sink.committed = True
 

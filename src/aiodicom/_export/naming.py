@@ -13,12 +13,18 @@ positional ``{}``), and its literal text must not make an absolute path or a
 * a value made only of dots (``.``, ``..``) has its dots replaced by ``_``;
 * a missing or empty value (after stripping spaces) fails the item with
   :class:`NamingError`: a name built from nothing would silently pile files of
-  different instances together.
+  different instances together; unless the field has a *fallback*,
+  ``{PatientID:-UNKNOWN}`` (``{InstanceNumber:05d:-0}`` with a format
+  specification): literal text used as it is (sanitised like a value).
 
 So ``../../etc/x`` renders as ``.._.._etc_x`` and ``/abs`` as ``_abs``: one path
 component each, inside the destination.  Multi-valued elements are joined with
 ``\\`` first (and so with ``_``).  Format specifications apply to the value
-(``{InstanceNumber:05d}``).
+(``{InstanceNumber:05d}``), not to the fallback.
+
+Besides DICOM keywords, two fields name the source: ``{source_name}`` (its file
+name, ``IM0001.dcm``) and ``{source_stem}`` (without the last extension,
+``IM0001``); a dataset built in memory has none (use a fallback).
 
 A callable template receives the dataset and returns a relative path with ``/``
 separators.  Its result is *checked*, not sanitised (it is the caller's code): an
@@ -41,9 +47,12 @@ from pydicom.multival import MultiValue
 
 from .._errors import NamingError, TemplateError
 
-__all__ = ["DEFAULT_TEMPLATE", "NamingError", "Template", "TemplateError"]
+__all__ = ["DEFAULT_TEMPLATE", "SOURCE_FIELDS", "NamingError", "Template", "TemplateError"]
 
 DEFAULT_TEMPLATE: Final = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+
+SOURCE_FIELDS: Final = ("source_name", "source_stem")
+"""Template fields that name the source file rather than a DICOM attribute."""
 
 _UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f/\\:]")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
@@ -55,7 +64,7 @@ _CONVERSIONS: Final[dict[str | None, Callable[[Any], Any]]] = {
 }
 
 
-_Field = tuple[str, str, str | None]  # keyword, format spec, conversion
+_Field = tuple[str, str, str | None, str | None]  # keyword, spec, conversion, fallback
 
 
 class Template:
@@ -64,14 +73,16 @@ class Template:
     Parameters
     ----------
     template : str or callable
-        A :meth:`str.format` template over DICOM keywords, or a callable
-        ``(Dataset) -> str`` returning a relative ``/``-separated path.
+        A :meth:`str.format` template over DICOM keywords (and ``source_name``,
+        ``source_stem``), with an optional fallback per field
+        (``{PatientID:-UNKNOWN}``), or a callable ``(Dataset) -> str`` returning
+        a relative ``/``-separated path.
 
     Raises
     ------
     TemplateError
-        For an unknown keyword, a field that is not a plain keyword, or literal
-        text that would leave the destination.
+        For an unknown keyword, a field that is not a plain keyword, an empty
+        fallback, or literal text that would leave the destination.
     TypeError
         If `template` is neither a string nor a callable.
     """
@@ -87,16 +98,21 @@ class Template:
     @property
     def keywords(self) -> list[str]:
         """The DICOM keywords the template uses (empty for a callable)."""
-        return [field[0] for _, field in self._parts if field is not None]
+        return [
+            field[0]
+            for _, field in self._parts
+            if field is not None and field[0] not in SOURCE_FIELDS
+        ]
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
 
-    def render(self, dataset: Dataset, unsafe: str = "") -> str:
+    def render(self, dataset: Dataset, unsafe: str = "", source_name: str | None = None) -> str:
         """Return the relative path for `dataset`: ``/``-separated, safe to join.
 
         `unsafe` names more characters that dataset values must not bring in
-        (they become ``_``), for destinations that need it.
+        (they become ``_``), for destinations that need it.  `source_name` is the
+        file name of the source, for ``{source_name}`` and ``{source_stem}``.
 
         Raises
         ------
@@ -110,7 +126,7 @@ class Template:
         for literal, field in self._parts:
             out.append(literal)
             if field is not None:
-                out.append(_render_value(dataset, *field, unsafe))
+                out.append(_render_field(dataset, field, unsafe, source_name))
         return _checked("".join(out))
 
 
@@ -124,13 +140,24 @@ def _compile(template: str) -> list[tuple[str, _Field | None]]:
         if name is None:
             parts.append((literal, None))
             continue
-        if not name or name not in keyword_dict:
+        if not name or (name not in keyword_dict and name not in SOURCE_FIELDS):
             raise TemplateError(_unknown_field(template, name))
-        if "{" in (spec or ""):
+        spec = spec or ""
+        if "{" in spec:
             raise TemplateError(f"bad template {template!r}: nested fields are not allowed")
         if conversion not in _CONVERSIONS:
             raise TemplateError(f"bad template {template!r}: unknown conversion !{conversion}")
-        parts.append((literal, (name, spec or "", conversion)))
+        fallback: str | None = None
+        if spec.startswith("-"):
+            spec, fallback = "", spec[1:]
+        elif ":-" in spec:
+            spec, fallback = spec.split(":-", 1)
+        if fallback is not None and not _sanitised(fallback):
+            raise TemplateError(
+                f"bad template {template!r}: the fallback of {{{name}}} is empty; "
+                f"write {{{name}:-TEXT}}"
+            )
+        parts.append((literal, (name, spec, conversion, fallback)))
     if not any(field is not None for _, field in parts):
         raise TemplateError(
             f"bad template {template!r}: it has no {{Keyword}} field, so every "
@@ -158,9 +185,43 @@ def _unknown_field(template: str, name: str) -> str:
             f"bad template {template!r}: field {{{name}}} must be a plain DICOM keyword "
             "(no attributes or indexes)"
         )
-    hint = difflib.get_close_matches(name, keyword_dict, n=1)
+    hint = difflib.get_close_matches(name, [*keyword_dict, *SOURCE_FIELDS], n=1)
     did_you_mean = f" (did you mean {{{hint[0]}}}?)" if hint else ""
     return f"bad template {template!r}: unknown DICOM keyword {{{name}}}{did_you_mean}"
+
+
+def _render_field(dataset: Dataset, field: _Field, unsafe: str, source_name: str | None) -> str:
+    keyword, spec, conversion, fallback = field
+    try:
+        if keyword in SOURCE_FIELDS:
+            return _render_source(keyword, spec, conversion, source_name, unsafe)
+        return _render_value(dataset, keyword, spec, conversion, unsafe)
+    except _Missing as missing:
+        if fallback is None:
+            raise NamingError(str(missing)) from None
+        return _sanitised(fallback, unsafe)
+
+
+class _Missing(Exception):
+    """A field's value is missing or empty (its fallback is used, if any)."""
+
+
+def _render_source(
+    keyword: str, spec: str, conversion: str | None, name: str | None, unsafe: str
+) -> str:
+    if not name:
+        raise _Missing(f"the source has no file name for {{{keyword}}}")
+    if keyword == "source_stem":
+        stem, dot, _ = name.rpartition(".")
+        name = stem if dot and stem else name
+    try:
+        text = format(_CONVERSIONS[conversion](name), spec)
+    except (TypeError, ValueError) as exc:
+        raise NamingError(f"cannot format {keyword} ({name!r}) as {spec!r}: {exc}") from None
+    text = _sanitised(text, unsafe)
+    if not text:
+        raise _Missing(f"the source's file name is empty; it cannot name a file ({keyword})")
+    return text
 
 
 def _render_value(
@@ -168,16 +229,24 @@ def _render_value(
 ) -> str:
     value = dataset.get(keyword, None)
     if value is None:
-        raise NamingError(f"the dataset has no {keyword} for the file name")
+        raise _Missing(f"the dataset has no {keyword} for the file name")
     convert = _CONVERSIONS[conversion]
     items = list(value) if isinstance(value, MultiValue | list) else [value]
     try:
         text = "\\".join(format(convert(item), spec) for item in items)
     except (TypeError, ValueError) as exc:
         raise NamingError(f"cannot format {keyword} ({value!r}) as {spec!r}: {exc}") from None
+    text = _sanitised(text, unsafe)
+    if not text:
+        raise _Missing(f"the dataset's {keyword} is empty; it cannot name a file")
+    return text
+
+
+def _sanitised(text: str, unsafe: str = "") -> str:
+    """`text` as one safe path component ('' if it is empty or only spaces)."""
     text = text.strip()
     if not text:
-        raise NamingError(f"the dataset's {keyword} is empty; it cannot name a file")
+        return ""
     text = _UNSAFE.sub("_", text)
     for char in unsafe:
         text = text.replace(char, "_")

@@ -7,15 +7,21 @@ it into every task.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal
 
 from pydicom.dataset import Dataset
 
 from .naming import DEFAULT_TEMPLATE, Template
 
-__all__ = ["ExportOptions", "check_positive"]
+__all__ = ["ON_CONFLICT", "ExportOptions", "Transform", "check_positive"]
+
+ON_CONFLICT: Final = ("fail", "suffix")
+"""What to do with an item named like an earlier one (in source order)."""
+
+Transform = Callable[[Dataset], "Dataset | Awaitable[Dataset | None] | None"]
+"""A dataset transform: ``(Dataset) -> Dataset | None``, or a coroutine function."""
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -36,10 +42,14 @@ class ExportOptions:
     TemplateError
         If `template` is unusable.
     ValueError
-        If `concurrency` is not a positive integer.
+        If `concurrency` or `workers` is not a positive integer, or `on_conflict`
+        is neither ``"fail"`` nor ``"suffix"``.
+    TypeError
+        If `transform` is not callable, or `include` / `exclude` are not strings.
     """
 
-    template: Template = field(default_factory=lambda: Template(DEFAULT_TEMPLATE))
+    # one shared default: a Template never changes once built
+    template: Template = Template(DEFAULT_TEMPLATE)  # noqa: RUF009
     concurrency: int = 16
     exist_ok: bool = True
     skip_existing: bool = False
@@ -51,11 +61,21 @@ class ExportOptions:
     dry_run: bool = False
     fail_fast: bool = False
     workers: int | None = None
+    transform: Transform | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    on_conflict: Literal["fail", "suffix"] = "fail"
 
     def __post_init__(self) -> None:
         check_positive("concurrency", self.concurrency)
         if self.workers is not None:
             check_positive("workers", self.workers)
+        if self.on_conflict not in ON_CONFLICT:
+            raise ValueError(f"on_conflict must be 'fail' or 'suffix', not {self.on_conflict!r}")
+        if self.transform is not None and not callable(self.transform):
+            raise TypeError(f"transform must be a callable, not {type(self.transform).__name__}")
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, _patterns(name, getattr(self, name)))
         template: str | Callable[[Dataset], Any] | Template = self.template
         if not isinstance(template, Template):
             object.__setattr__(self, "template", Template(template))
@@ -75,3 +95,15 @@ class ExportOptions:
         rest (progress, client...) are the caller's."""
         names = {item.name for item in fields(cls)}
         return cls(**{name: value for name, value in arguments.items() if name in names})
+
+
+def _patterns(name: str, value: Any) -> tuple[str, ...]:
+    """`value` (``None``, a pattern or an iterable of them) as a tuple of patterns."""
+    if value is None:
+        return ()
+    items: Iterable[Any] = (value,) if isinstance(value, str) else value
+    patterns = tuple(items)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise TypeError(f"{name} patterns must be non-empty strings, not {pattern!r}")
+    return patterns

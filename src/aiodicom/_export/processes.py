@@ -9,19 +9,27 @@ worker exports one item at a time with the export's own per-item code
 write through the same sink, the same atomic publish), in its main thread: a
 process per core already uses the cores, and threads inside one would only take
 turns at the GIL.  A worker reads and names the next item while the parent
-answers the claim of the one before, so the round trip costs no time.  The parent keeps
-everything that must be one: the source listing (in order), the duplicate-name
-check (a worker asks before it writes), the tally and the progress callback, the
-report, cancellation.  Items that cannot travel to a process (datasets in memory,
-file objects, ``memory://`` objects) are exported by the parent itself.
+answers the claim of the one before, so the round trip costs no time.  The
+parent keeps everything that must be one: the source listing (in order: each
+item carries its sequence number), the duplicate-name check (a worker asks
+before it writes, and the parent answers in source order: see ``claims``), the
+tally and the progress callback, the report, cancellation.  Items that cannot
+travel to a process (datasets in memory, file objects, ``memory://`` objects,
+skipped hidden files) are exported by the parent itself.
 
 Messages (pickled over one duplex pipe per worker):
 
 * parent -> worker: ``("items", [(seq, kind, label), ...])``, ``("claim", seq,
-  error_or_None)``, ``("end",)`` (no more items: finish and say done),
+  name_or_error)``, ``("end",)`` (no more items: finish and say done),
   ``("stop",)`` (cancel what is in flight, cleanly, and say done);
-* worker -> parent: ``("claim", seq, name)``, ``("results", [(seq, ItemResult),
-  ...])``, ``("done",)``.
+* worker -> parent: ``("claim", seq, name)``, ``("results", [(seq, ItemResult,
+  at_destination), ...])``, ``("done",)``.
+
+A worker takes its items in sequence order, and the parent answers a claim only
+once every earlier item is named or finished; so a worker sends at once the
+result of an item that finished without a name (the parent may be waiting for
+it), and the parent sends the items it holds back for a batch as soon as a claim
+waits for one of them.
 
 A stopped worker aborts the write in progress (checked between chunks: nothing
 half-written) and still reports every item it finished, so the report lists every
@@ -55,8 +63,9 @@ from .._driver import encode_in_threads
 from .._errors import RemoteError
 from .destination import Root
 from .options import ExportOptions
-from .report import ExportProgress, ExportReport, ItemResult, Status, TakenNames, Tally
-from .run import Named, Run
+from .claims import FIRST, Grant, NameGate, OrderedNames
+from .report import ExportProgress, ExportReport, ItemResult, Status, Tally
+from .run import Named, RepeatedErrors, Run, selection_for
 from .sources import Source, in_process_memory, iter_sources
 
 __all__ = ["default_workers", "run_in_processes"]
@@ -153,13 +162,19 @@ class _BlockingWorker:
         self.options = options
         self.run = Run(root, options, None, Tally(None))
         self.pending: deque[tuple[int, str, str]] = deque()
-        self.answers: dict[int, BaseException | None] = {}
+        self.answers: dict[int, str | BaseException] = {}
         self.ended = False
         self.stopped = False
-        self.results: list[tuple[int, ItemResult]] = []
+        self.results: list[tuple[int, ItemResult, bool]] = []
         self.flushed = time.monotonic()
 
     def serve(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.run.close()
+
+    def _serve(self) -> None:
         storage = self.options.source_storage_options
         ahead: deque[tuple[int, Named]] = deque()  # named, claim sent, answer awaited
         ahead_bytes = 0
@@ -173,8 +188,10 @@ class _BlockingWorker:
                         break
                     seq, kind, label = self.pending.popleft()
                     outcome = self.run.name_blocking(_source(kind, label, storage))
-                    if isinstance(outcome, ItemResult):
-                        self.results.append((seq, portable(outcome)))
+                    if not isinstance(outcome, Named):
+                        result, there = outcome
+                        self.results.append((seq, portable(result), there))
+                        self.flush()  # unnamed: the parent may be waiting for it
                         continue
                     self.connection.send(("claim", seq, outcome.name))
                     ahead.append((seq, outcome))
@@ -192,11 +209,11 @@ class _BlockingWorker:
                 seq, named = ahead.popleft()
                 ahead_bytes -= _size(named.source.kind, named.source.label)
                 try:
-                    refused = self._answer(seq)
-                    result = self.run.write_blocking(named, refused, self._check)
+                    answer = self._answer(seq)
+                    result, there = self.run.write_blocking(named, answer, self._check)
                 except _Stopped:
                     break
-                self.results.append((seq, portable(result)))
+                self.results.append((seq, portable(result), there))
                 if len(self.results) >= _BATCH or time.monotonic() - self.flushed > _FLUSH_EVERY:
                     self.flush()
         except (EOFError, OSError):  # the parent is gone: nothing to report to
@@ -228,9 +245,9 @@ class _BlockingWorker:
         if self.stopped:
             raise _Stopped
 
-    def _answer(self, seq: int) -> BaseException | None:
-        """The parent's answer to the claim of item `seq`: ``None`` (the name is
-        this item's) or the error that refuses it."""
+    def _answer(self, seq: int) -> str | BaseException:
+        """The parent's answer to the claim of item `seq`: the name to write (the
+        one claimed, or one with a suffix) or the error that refuses it."""
         while seq not in self.answers:
             self._handle(self._receive())
             if self.stopped:
@@ -255,6 +272,7 @@ def _size(kind: str, label: str) -> int:
 
 
 def _source(kind: str, label: str, storage_options: dict[str, Any] | None) -> Source:
+    """The item a worker was sent (only paths and URLs travel)."""
     if kind == "path":
         return Source(label, "path", label)
     from fsspec.core import url_to_fs
@@ -274,6 +292,8 @@ class _Process:
     connection: multiprocessing.connection.Connection
     window: int
     outstanding: dict[int, str] = field(default_factory=dict)
+    buffer: list[tuple[int, str, str]] = field(default_factory=list)
+    """Items for this worker, held back to be sent as a batch."""
     done: bool = False
     stopped: bool = False
 
@@ -291,6 +311,12 @@ class _Process:
         # a worker that died cannot be told anything; its listener reports its items
         with contextlib.suppress(OSError, EOFError):
             self.connection.send(message)
+
+    def send_items(self) -> None:
+        """Send the items held back (in order: they were added in order)."""
+        if self.buffer:
+            batch, self.buffer = self.buffer, []
+            self.send(("items", batch))
 
 
 async def run_in_processes(
@@ -322,13 +348,15 @@ class _Pool:
         self.workers = workers
         self.progress = progress
         self.tally = tally
-        self.taken = TakenNames()
+        self.gate = _PoolGate(OrderedNames(options.on_conflict), self)
+        self.remote: dict[int, _Process] = {}  # items whose claim a worker waits for
         self.processes: list[_Process] = []
         self.room = anyio.Event()
         self.all_done = anyio.Event()
         self.progress_lock = anyio.Lock()
-        self.local = Run(root, options, None, self.tally)
-        self.local.claim = self._claim_local
+        self.local = Run(root, options, None, self.tally, self.gate)
+        self.repeated = RepeatedErrors()
+        self.stopped_by: BaseException | None = None
         self.feed_scope = anyio.CancelScope()
         self.callback_error: BaseException | None = None
         # Items in flight over all workers: the user's concurrency, shared out.
@@ -370,34 +398,45 @@ class _Pool:
                 await self._reap()
         if self.callback_error is not None:
             raise self.callback_error
-        return self.tally.report(dry_run=self.options.dry_run)
+        report = self.tally.report(dry_run=self.options.dry_run)
+        if self.stopped_by is not None:
+            raise self.repeated.stop_error(self.stopped_by, report)
+        return report
 
     async def _feed(self, sources: Any, here: anyio.abc.TaskGroup) -> None:
         """Hand the sources out, in order, to whichever worker has room."""
         limiter = anyio.Semaphore(self.per_worker)
-        seq = 0
-        batches: dict[_Process, list[tuple[int, str, str]]] = {}
+        seq = FIRST - 1
         storage = self.options.source_storage_options
-        async with aclosing(iter_sources(sources, storage)) as items:
+        selection = selection_for(self.root, self.options)
+        async with aclosing(iter_sources(sources, storage, selection)) as items:
             async for source in items:
                 seq += 1
                 if source.kind not in _TRAVELS or in_process_memory(source.label):
-                    # datasets, file objects, errors, memory:// objects
+                    # datasets, file objects, errors, skipped, memory:// objects
+                    if limiter.value == 0:
+                        self.send_all()  # what waits here may wait for them
                     await limiter.acquire()
-                    here.start_soon(self._here, source, limiter)
+                    here.start_soon(self._here, source, seq, limiter)
                     continue
-                worker = await self._worker_with_room(batches)
+                worker = await self._worker_with_room()
                 worker.outstanding[seq] = source.label
-                batch = batches.setdefault(worker, [])
-                batch.append((seq, source.kind, source.label))
-                if len(batch) >= _BATCH or worker.room == 0:
-                    worker.send(("items", batches.pop(worker)))
-        for worker, batch in batches.items():
-            worker.send(("items", batch))
+                worker.buffer.append((seq, source.kind, source.label))
+                if len(worker.buffer) >= _BATCH or worker.room == 0:
+                    worker.send_items()
+        self.send_all()
 
-    async def _worker_with_room(
-        self, batches: dict[_Process, list[tuple[int, str, str]]]
-    ) -> _Process:
+    def send_all(self) -> None:
+        """Send every item held back for a batch."""
+        for worker in self.processes:
+            worker.send_items()
+
+    def lowest_held_back(self) -> int | None:
+        """The first item held back for a batch, if any."""
+        held = [worker.buffer[0][0] for worker in self.processes if worker.buffer]
+        return min(held, default=None)
+
+    async def _worker_with_room(self) -> _Process:
         while True:
             alive = [worker for worker in self.processes if not worker.done]
             if not alive:
@@ -405,22 +444,18 @@ class _Pool:
             best = max(alive, key=lambda worker: worker.room)
             if best.room > 0:
                 return best
-            for worker in list(batches):  # nobody has room: send what waits
-                worker.send(("items", batches.pop(worker)))
+            self.send_all()  # nobody has room: send what waits
             self.room = anyio.Event()
             await self.room.wait()
 
-    async def _here(self, source: Source, limiter: anyio.Semaphore) -> None:
+    async def _here(self, source: Source, seq: int, limiter: anyio.Semaphore) -> None:
         """An item that cannot travel to a worker, exported in this process."""
         try:
             with encode_in_threads():
-                result = await self.local.export_one(source)
-            await self._record(result)
+                result, there = await self.local.export_one(source, seq)
+            await self._record(result, there)
         finally:
             limiter.release()
-
-    async def _claim_local(self, name: str) -> None:
-        self.taken.claim(name)
 
     async def _listen(self, worker: _Process) -> None:
         """Take one worker's messages until it is done (shielded: a listener must
@@ -434,7 +469,10 @@ class _Pool:
                 if all(other.done for other in self.processes):
                     self.all_done.set()
                 lost = list(worker.outstanding.values())
+                for seq in worker.outstanding:
+                    self.gate.resolve(seq)
                 worker.outstanding.clear()
+                worker.buffer.clear()
                 if lost and not worker.stopped:
                     error = RuntimeError(
                         "the export worker process ended (exit status "
@@ -453,21 +491,19 @@ class _Pool:
             kind = message[0]
             if kind == "claim":
                 _, seq, name = message
-                try:
-                    self.taken.claim(name)
-                    error: BaseException | None = None
-                except Exception as exc:
-                    error = exc
-                worker.send(("claim", seq, error))
+                self.remote[seq] = worker
+                self.gate.ask(seq, name)
             elif kind == "results":
-                for seq, result in message[1]:
+                for seq, result, there in message[1]:
                     worker.outstanding.pop(seq, None)
-                    await self._record(result)
+                    if result.destination is None:
+                        self.gate.resolve(seq)  # finished without a name
+                    await self._record(result, there)
                 self.room.set()
             elif kind == "done":
                 return
 
-    async def _record(self, result: ItemResult) -> None:
+    async def _record(self, result: ItemResult, at_destination: bool = False) -> None:
         async with self.progress_lock:
             now = self.tally.add(result)
             if self.progress is not None and self.callback_error is None:
@@ -479,6 +515,11 @@ class _Pool:
                     self.callback_error = exc
                     self.feed_scope.cancel()
         if self.options.fail_fast and result.status is Status.FAILED:
+            self.tally.stopped_early = True
+            self.feed_scope.cancel()
+        error = self.repeated.add(result, at_destination)
+        if error is not None and self.stopped_by is None:
+            self.stopped_by = error
             self.tally.stopped_early = True
             self.feed_scope.cancel()
 
@@ -509,3 +550,32 @@ class _Pool:
                 process.kill()
                 await anyio.to_thread.run_sync(process.join)
             worker.connection.close()
+
+
+class _PoolGate(NameGate):
+    """The names of an export over worker processes: answers to a worker's claim
+    are sent to it; answers to the parent's own items wake them up.  When a claim
+    waits for an item held back for a batch, the held-back items are sent."""
+
+    def __init__(self, names: OrderedNames, pool: _Pool) -> None:
+        super().__init__(names)
+        self.pool = pool
+
+    def ask(self, seq: int, name: str) -> None:
+        """A worker's claim: answered through :meth:`_deliver`."""
+        self._deliver(self.names.ask(seq, name))
+
+    def _deliver(self, grants: list[Grant]) -> None:
+        pool = self.pool
+        here = []
+        for seq, answer in grants:
+            worker = pool.remote.pop(seq, None)
+            if worker is None:
+                here.append((seq, answer))
+            else:
+                worker.send(("claim", seq, answer))
+        super()._deliver(here)
+        if self.names.waiting:
+            held = pool.lowest_held_back()
+            if held is not None and held <= self.names.low:
+                pool.send_all()

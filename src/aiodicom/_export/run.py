@@ -6,43 +6,68 @@ See :func:`export` and the "Bulk export" page of the documentation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import pickle
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydicom.dataset import Dataset
 
 from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
+from .._errors import DestinationError, SourceSkipped, TransformError
+from .claims import FIRST, NameGate, OrderedNames
 from .destination import CountingAsyncSink, CountingSink, Root
 from .naming import DEFAULT_TEMPLATE, Template
-from .options import ExportOptions
+from .options import ExportOptions, Transform
 from .report import (
     ExportProgress,
     ExportReport,
     ItemResult,
     JsonLinesReport,
     Status,
-    TakenNames,
     Tally,
+    describe_error,
 )
-from .sources import Source, count_local, in_process_memory, iter_sources, read_source
+from .sources import (
+    Selection,
+    Source,
+    count_local,
+    in_process_memory,
+    iter_sources,
+    read_source,
+    source_name,
+)
 
-__all__ = ["ProgressCallback", "export", "run_export"]
+__all__ = [
+    "REPEATED_ERRORS",
+    "Named",
+    "ProgressCallback",
+    "RepeatedErrors",
+    "choose_workers",
+    "export",
+    "run_export",
+    "selection_for",
+]
 
 logger = logging.getLogger("aiodicom.export")
 
 DEFER_SIZE: Final = 16 * 1024
 """With ``skip_existing``, local sources are first read with values above this
 size deferred, so an item whose destination exists costs only its header."""
+
+REPEATED_ERRORS: Final = 20
+"""An export stops (:class:`~aiodicom.DestinationError`) when this many items in
+a row failed at the destination with the same error."""
 
 ProgressCallback = Callable[[ExportProgress], object | Awaitable[object]]
 
@@ -67,14 +92,24 @@ async def export(
     workers: int | None = None,
     report: str | os.PathLike[str] | None = None,
     keep_items: bool = True,
+    transform: Transform | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    on_conflict: Literal["fail", "suffix"] = "fail",
 ) -> ExportReport:
-    """Export many DICOM datasets to a folder or an fsspec URL prefix.
+    """Export many DICOM datasets to a folder, an fsspec URL prefix or your sinks.
 
-    Each item is read (in a worker thread), named by `template`, and written with
-    :func:`aiodicom.dcmwrite`: the same bytes as :func:`pydicom.dcmwrite`, and a
-    failed or cancelled write leaves nothing behind.  At most `concurrency` items
-    are in flight, and sources are pulled lazily, so memory depends on
-    `concurrency`, not on the number of items.  Runs on asyncio and trio.
+    Each item is read (in a worker thread), transformed if you say so, named by
+    `template`, and written with :func:`aiodicom.dcmwrite`: the same bytes as
+    :func:`pydicom.dcmwrite`, and a failed or cancelled write leaves nothing
+    behind.  At most `concurrency` items are in flight, and sources are pulled
+    lazily, so memory depends on `concurrency`, not on the number of items.  Runs
+    on asyncio and trio.
+
+    Before any source is read, the destination is checked (a pre-flight probe
+    that leaves nothing behind): a missing bucket, refused credentials or a folder
+    that cannot be written raise :class:`~aiodicom.DestinationError` at once,
+    instead of failing every item.
 
     Parameters
     ----------
@@ -84,17 +119,28 @@ async def export(
         of a file, a prefix or a glob (``"s3://bucket/in/*.dcm"``); a binary file
         object; or a sync or async iterable of any of these.  Sync iterables other
         than lists and tuples are pulled in a worker thread; async iterables are
-        pulled only as fast as items are exported (backpressure).
-    destination : str or os.PathLike
-        A local folder (created if needed) or an fsspec URL prefix
-        (``"s3://bucket/exports"``, ``"memory://out"``).
+        pulled only as fast as items are exported (backpressure).  In folders,
+        globs and prefixes, hidden files and folders (names starting with ``.``)
+        are reported as skipped, and `destination` is never searched.  Files that
+        are not DICOM and DICOMDIRs are reported as skipped
+        (:class:`~aiodicom.SourceSkipped`), not failed.
+    destination : str, os.PathLike or callable
+        A local folder (created if needed); an fsspec URL prefix
+        (``"s3://bucket/exports"``, ``"memory://out"``); or a callable
+        ``name -> sink`` that gets each item's relative name (``"a/b/c.dcm"``)
+        and returns anything :func:`aiodicom.dcmwrite` writes to (a
+        :class:`~aiodicom.Sink`, an :class:`~aiodicom.AsyncSink`, a path, a
+        URL...); a sink class such as :class:`~aiodicom.sinks.LocalFile` works
+        as it is.
     template : str or callable, optional
         How to name each file under `destination`: a :meth:`str.format` template
         over DICOM keywords (default
-        ``"{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"``), or a
-        callable ``(Dataset) -> str`` returning a relative ``/``-separated path.
-        Dataset values are untrusted and sanitised: see :class:`Template` rules in
-        the documentation; nothing can be named outside `destination`.
+        ``"{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"``), with
+        a fallback for missing values (``{PatientID:-UNKNOWN}``) and the source's
+        file name as ``{source_name}`` / ``{source_stem}``; or a callable
+        ``(Dataset) -> str`` returning a relative ``/``-separated path.  Dataset
+        values are untrusted and sanitised: see :class:`Template` rules in the
+        documentation; nothing can be named outside `destination`.
     concurrency : int, optional
         How many items are read and written at once (default 16).  Each in-flight
         item uses a worker thread from anyio's default thread limiter (40
@@ -117,7 +163,8 @@ async def export(
         ``metadata``, ``upload_args``...).  Transient errors are retried by the
         sink, for the whole object, as it documents.
     force : bool, optional
-        Passed to :func:`pydicom.dcmread`: read files without a DICOM preamble.
+        Passed to :func:`pydicom.dcmread`: read files without a DICOM preamble
+        (those that start like a DICOM data set; others are skipped as not DICOM).
     enforce_file_format : bool, optional
         Passed to :func:`aiodicom.dcmwrite`.
     dry_run : bool, optional
@@ -142,8 +189,8 @@ async def export(
         that cannot travel to a process, such as datasets in memory and file
         objects, are exported in this process) and there are more than a few;
         ``1`` otherwise.  ``1``: everything in this process.  `concurrency` is the
-        total over all workers.  A callable `template` must then be picklable (a
-        module-level function).
+        total over all workers.  A callable `template` or `transform` must then
+        be picklable (a module-level function).
     report : str or os.PathLike, optional
         A file to write the per-item report to as items finish: JSON Lines, one
         object per item (as :meth:`ItemResult.to_dict`), then a ``{"summary":
@@ -152,6 +199,25 @@ async def export(
         If ``False``, the returned report's ``items`` holds only the failed
         items (its counts and bytes still cover all), so memory does not grow
         with the number of items; pair it with `report`.  Default ``True``.
+    transform : callable, optional
+        Called on each dataset after it is read and before it is named and
+        written: ``(Dataset) -> Dataset | None`` (return a dataset to write, or
+        ``None`` to write the one given, changed in place), or a coroutine
+        function of the same shape.  A sync transform runs in the worker thread
+        (or process) that read the item; an async one in the event loop.  An
+        exception fails that item only, with :class:`~aiodicom.TransformError`.
+    include, exclude : str or iterable of str, optional
+        Glob patterns choosing the files of folders, globs and prefixes: a
+        pattern without ``/`` matches the file name (``"*.dcm"``), one with
+        ``/`` the path below the folder given (``"*/CT/*"``; ``*`` also matches
+        ``/``).  With `include`, only matching files are exported; files matching
+        `exclude` are left out.  Left-out files are not listed in the report.
+        Sources named one by one are always taken.
+    on_conflict : {"fail", "suffix"}, optional
+        Two items named the same: the first in source order is exported, always;
+        a later one fails with :class:`~aiodicom.DuplicateDestinationError`
+        (``"fail"``, the default) or is written as ``name-1.dcm``,
+        ``name-2.dcm``... in source order (``"suffix"``).
 
     Returns
     -------
@@ -160,10 +226,15 @@ async def export(
 
     Raises
     ------
+    DestinationError
+        If the pre-flight check finds that `destination` cannot be written
+        (nothing is read), or if 20 items in a row failed at the destination
+        with the same error (the export stops; its ``report`` has what finished).
     TemplateError
         If `template` is unusable (before anything is read).
     TypeError, ValueError
-        For an unusable `destination` or `concurrency` (before anything is read).
+        For an unusable `destination`, `concurrency`, `transform` or
+        `on_conflict` (before anything is read).
     """
     options = ExportOptions.from_arguments(locals())
     root = Root.parse(destination, options.storage_options, options.upload_options)
@@ -173,15 +244,20 @@ async def export(
         )
     with open(report, "w", encoding="utf-8") as stream:  # noqa: ASYNC230 (a small local file)
         lines = JsonLinesReport(stream)
-        outcome = await run_export(
-            sources,
-            root,
-            options,
-            progress=progress,
-            total=total,
-            keep_items=keep_items,
-            on_item=lines.item,
-        )
+        try:
+            outcome = await run_export(
+                sources,
+                root,
+                options,
+                progress=progress,
+                total=total,
+                keep_items=keep_items,
+                on_item=lines.item,
+            )
+        except DestinationError as stopped:
+            if stopped.report is not None:  # stopped at a run of destination errors
+                lines.finish(stopped.report)
+            raise
         lines.finish(outcome)
     return outcome
 
@@ -195,10 +271,18 @@ async def run_export(
     total: int | None = None,
     keep_items: bool = True,
     on_item: Callable[[ItemResult], object] | None = None,
+    check_destination: bool = True,
 ) -> ExportReport:
     """Run an export whose settings were checked already (see :func:`export`);
-    `on_item` gets every finished item (the streamed report)."""
+    `on_item` gets every finished item (the streamed report).
+
+    `check_destination`: run the destination's pre-flight check first (a Dask
+    partition does not: the client did).
+    """
+    if check_destination:
+        await anyio.to_thread.run_sync(functools.partial(root.check, dry_run=options.dry_run))
     tally = Tally(total, keep_items=keep_items, on_item=on_item)
+    selection = selection_for(root, options)
     workers = choose_workers(sources, options, total, root)
     if workers > 1:
         from .processes import run_in_processes
@@ -207,15 +291,25 @@ async def run_export(
             sources, root, options, workers=workers, progress=progress, tally=tally
         )
     run = Run(root, options, progress, tally)
-    send, receive = anyio.create_memory_object_stream[Source](0)
+    send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
     # Throughput first: encode in the worker threads, as a thread pool would.
     with encode_in_threads():
-        await _run_all(
-            run, sources, options.source_storage_options, options.concurrency, send, receive
-        )
+        await _run_all(run, sources, options.source_storage_options, selection, send, receive)
     if run.callback_error is not None:
         raise run.callback_error  # itself, not wrapped in an exception group
-    return run.tally.report(dry_run=options.dry_run)
+    return run.finish()
+
+
+def selection_for(root: Root, options: ExportOptions) -> Selection:
+    """Which files of the sources an export takes: its patterns, and never its
+    own destination."""
+    if root.factory is not None:
+        avoid: tuple[str, ...] = ()
+    elif root.is_local:
+        avoid = (os.path.realpath(root.location),)
+    else:
+        avoid = (root.location,)
+    return Selection(options.include, options.exclude, avoid)
 
 
 _PROCESSES_FROM: Final = 64
@@ -227,7 +321,7 @@ def choose_workers(
     sources: Any, options: ExportOptions, total: int | None, root: Root | None = None
 ) -> int:
     """How many worker processes an export of `sources` should use."""
-    if root is not None and not root.is_local:
+    if root is not None and (not root.is_local or root.factory is not None):
         # object stores: their speed comes from many uploads in flight, which one
         # process's event loop does well; memory:// would be each process's own
         return 1
@@ -241,7 +335,8 @@ def choose_workers(
     if cores < 2 or not _travel(sources) or not _picklable(options):
         return 1
     if total is None:
-        total = count_local(_as_list(sources))
+        selection = selection_for(root, options) if root is not None else Selection()
+        total = count_local(_as_list(sources), selection)
         if total is not None and total < _PROCESSES_FROM:
             return 1
     return cores
@@ -274,32 +369,106 @@ async def _run_all(
     run: Run,
     sources: Any,
     source_storage_options: dict[str, Any] | None,
-    concurrency: int,
-    send: MemoryObjectSendStream[Source],
-    receive: MemoryObjectReceiveStream[Source],
+    selection: Selection,
+    send: MemoryObjectSendStream[tuple[int, Source]],
+    receive: MemoryObjectReceiveStream[tuple[int, Source]],
 ) -> None:
     async with anyio.create_task_group() as group:
         run.cancel_scope = group.cancel_scope
-        group.start_soon(_produce, sources, source_storage_options, send)
+        group.start_soon(_produce, sources, source_storage_options, selection, send)
         async with receive:
-            for _ in range(concurrency):
+            for _ in range(run.options.concurrency):
                 group.start_soon(_work, run, receive.clone())
 
 
 async def _produce(
     sources: Any,
     storage_options: dict[str, Any] | None,
-    send: anyio.abc.ObjectSendStream[Source],
+    selection: Selection,
+    send: anyio.abc.ObjectSendStream[tuple[int, Source]],
 ) -> None:
-    async with send, aclosing(iter_sources(sources, storage_options)) as items:
+    """The sources, numbered in order (their sequence numbers decide name clashes)."""
+    async with send, aclosing(iter_sources(sources, storage_options, selection)) as items:
+        seq = FIRST
         async for item in items:
-            await send.send(item)
+            await send.send((seq, item))
+            seq += 1
 
 
-async def _work(run: Run, receive: anyio.abc.ObjectReceiveStream[Source]) -> None:
+async def _work(run: Run, receive: anyio.abc.ObjectReceiveStream[tuple[int, Source]]) -> None:
     async with receive:
-        async for source in receive:
-            await run.record(await run.export_one(source))
+        async for seq, source in receive:
+            await run.record(*await run.export_one(source, seq))
+
+
+class _AtDestination(Exception):
+    """Carries an error met at the destination (creating its folders, making its
+    sink) out of the code that names an item; unwrapped before it is reported."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RepeatedErrors:
+    """Notices when many items in a row failed at the destination with the same
+    error (the destination is down: going on would fail the rest one by one)."""
+
+    def __init__(self, limit: int = REPEATED_ERRORS) -> None:
+        self.limit = limit
+        self._key: tuple[Any, ...] | None = None
+        self._count = 0
+
+    def add(self, result: ItemResult, at_destination: bool) -> BaseException | None:
+        """Count `result`; return its error if it makes `limit` in a row."""
+        if result.status is Status.WRITTEN:
+            self._key, self._count = None, 0
+            return None
+        error = result.error
+        if not at_destination or error is None or result.status is not Status.FAILED:
+            return None
+        key = _error_key(error, result.destination)
+        if key == self._key:
+            self._count += 1
+        else:
+            self._key, self._count = key, 1
+        return error if self._count >= self.limit else None
+
+    def stop_error(self, error: BaseException, report: ExportReport) -> DestinationError:
+        """The exception that ends the export."""
+        stop = DestinationError(
+            f"stopped after {self.limit} items in a row failed at the destination with "
+            f"the same error: {describe_error(error)}",
+            report,
+        )
+        stop.__cause__ = error
+        return stop
+
+
+def _error_key(error: BaseException, destination: str | None) -> tuple[Any, ...]:
+    """What makes two items' errors "the same": the type and the message, without
+    the names that differ from item to item."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return (type(error).__name__, error.errno, error.strerror)
+    message = str(error)
+    if destination:
+        message = message.replace(destination, "<destination>")
+    return (type(error).__name__, message)
+
+
+def at_destination(error: BaseException, sinks: list[CountingSink | CountingAsyncSink]) -> bool:
+    """Whether `error` was met at the destination (the sink failed), as opposed to
+    reading, naming or encoding the item.  An existing destination is not a
+    failing destination."""
+    return any(sink.error is not None for sink in sinks) and not isinstance(error, FileExistsError)
+
+
+def is_async_callable(function: Any) -> bool:
+    """Whether calling `function` returns an awaitable (a coroutine function, or
+    an object whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 (the method, not callability)
+    )
 
 
 @dataclass
@@ -321,6 +490,7 @@ class Run:
         options: ExportOptions,
         progress: ProgressCallback | None,
         tally: Tally,
+        gate: NameGate | None = None,
     ) -> None:
         self.root = root
         self.options = options
@@ -333,33 +503,54 @@ class Run:
         self.fail_fast = options.fail_fast
         self.progress = progress
         self.tally = tally
-        self.taken = TakenNames()
-        self.claim: Callable[[str], Awaitable[None]] = self._claim_here
+        self.gate = gate if gate is not None else NameGate(OrderedNames(options.on_conflict))
+        self.transform = options.transform
+        self.async_transform = is_async_callable(self.transform)
+        self.repeated = RepeatedErrors()
+        self.stopped_by: BaseException | None = None
         self.callback_error: Exception | None = None
         self.cancel_scope: anyio.CancelScope | None = None
         self.progress_lock = anyio.Lock()
+        self._portal: contextlib.ExitStack | None = None
+        self._portal_call: Callable[..., Any] | None = None
         # A first look with deferred values pays off when the item may be skipped
         # without writing; the write itself uses a full read (parity with pydicom).
-        self.look_first = root.is_local and (options.skip_existing or options.dry_run)
+        # Not with a transform: the name is that of the transformed dataset.
+        self.look_first = (
+            root.is_local and (options.skip_existing or options.dry_run) and self.transform is None
+        )
 
-    async def export_one(self, source: Source) -> ItemResult:
+    def finish(self) -> ExportReport:
+        """The report; raises :class:`~aiodicom.DestinationError` (with it) if the
+        export stopped at a run of destination errors."""
+        report = self.tally.report(dry_run=self.options.dry_run)
+        if self.stopped_by is not None:
+            raise self.repeated.stop_error(self.stopped_by, report)
+        return report
+
+    async def export_one(self, source: Source, seq: int) -> tuple[ItemResult, bool]:
         """Read, name and write one item; failures become a result, not an error.
 
-        A read is abandoned when the export is cancelled (its result discarded),
-        so a slow source never holds a cancellation up.  A write that was
-        committed just as the export was cancelled is still counted: the report
-        lists every destination that holds its bytes.
+        Returns the result and whether it failed at the destination.  A read is
+        abandoned when the export is cancelled (its result discarded), so a slow
+        source never holds a cancellation up.  A write that was committed just as
+        the export was cancelled is still counted: the report lists every
+        destination that holds its bytes.
         """
         start = time.perf_counter()
         destination: str | None = None
         written: list[CountingSink | CountingAsyncSink] = []
         try:
-            dataset, name = await anyio.to_thread.run_sync(
-                self._read_and_name, source, abandon_on_cancel=True
-            )
-            destination = name
-            await self.claim(name)
-            status, count, reason = await self._write(source, dataset, name, written)
+            named = False
+            try:
+                dataset, name = await self._read_and_name(source)
+                named = True
+                destination = name
+                destination = await self.gate.claim(seq, name)
+            finally:
+                if not named:
+                    self.gate.resolve(seq)
+            status, count, reason = await self._write(source, dataset, destination, written)
         except anyio.get_cancelled_exc_class():
             if written and written[0].committed:
                 self._record_now(
@@ -373,46 +564,75 @@ class Run:
                 )
             raise
         except Exception as exc:
-            logger.debug("export of %s failed", source.label, exc_info=True)
-            return ItemResult(
-                source.label, destination, Status.FAILED, 0, time.perf_counter() - start, exc
-            )
-        return ItemResult(
-            source.label, destination, status, count, time.perf_counter() - start, reason
+            return self._failed(source, destination, start, exc, written)
+        return (
+            ItemResult(
+                source.label, destination, status, count, time.perf_counter() - start, reason
+            ),
+            False,
         )
 
-    def name_blocking(self, source: Source) -> Named | ItemResult:
+    def _failed(
+        self,
+        source: Source,
+        destination: str | None,
+        start: float,
+        exc: Exception,
+        written: list[CountingSink | CountingAsyncSink],
+    ) -> tuple[ItemResult, bool]:
+        seconds = time.perf_counter() - start
+        if isinstance(exc, SourceSkipped):
+            return ItemResult(source.label, None, Status.SKIPPED, 0, seconds, exc), False
+        there = at_destination(exc, written)
+        if isinstance(exc, _AtDestination):
+            exc, there = exc.error, True
+        logger.debug("export of %s failed", source.label, exc_info=exc)
+        return ItemResult(source.label, destination, Status.FAILED, 0, seconds, exc), there
+
+    def name_blocking(self, source: Source) -> Named | tuple[ItemResult, bool]:
         """The first half of :meth:`export_one`, done right here (blocking), for a
-        worker process: read and name the item, or its failure."""
+        worker process: read, transform and name the item; or its result (it
+        failed, or was skipped) and whether it failed at the destination."""
         start = time.perf_counter()
         try:
-            dataset, name = self._read_and_name(source)
+            dataset, deferred = self._read(source)
+            if self.transform is not None:
+                dataset = self._transformed_blocking(dataset)
+            name = self._name(source, dataset, deferred)
         except Exception as exc:
-            logger.debug("export of %s failed", source.label, exc_info=True)
-            return ItemResult(
-                source.label, None, Status.FAILED, 0, time.perf_counter() - start, exc
-            )
-        return Named(source, dataset, name, start)
+            return self._failed(source, None, start, exc, [])
+        return Named(source, None if deferred else dataset, name, start)
 
     def write_blocking(
-        self, named: Named, refused: BaseException | None, check: Callable[[], None]
-    ) -> ItemResult:
-        """The second half: write a named item whose name was claimed (or
-        `refused`, with the reason).  `check` is called between chunks and may
-        raise to stop the write."""
+        self, named: Named, answer: str | BaseException, check: Callable[[], None]
+    ) -> tuple[ItemResult, bool]:
+        """The second half: write a named item under the name its claim got
+        (`answer`; or the error that refused it).  `check` is called between
+        chunks and may raise to stop the write."""
         source, name = named.source, named.name
+        written: list[CountingSink | CountingAsyncSink] = []
         try:
-            if refused is not None:
-                raise refused
-            status, count, reason = self._write_blocking(source, named.dataset, name, check)
-        except Exception as exc:
-            logger.debug("export of %s failed", source.label, exc_info=True)
-            return ItemResult(
-                source.label, name, Status.FAILED, 0, time.perf_counter() - named.started, exc
+            if isinstance(answer, BaseException):
+                raise answer
+            name = answer
+            status, count, reason = self._write_blocking(
+                source, named.dataset, name, check, written
             )
-        return ItemResult(
-            source.label, name, status, count, time.perf_counter() - named.started, reason
+        except Exception as exc:
+            return self._failed(source, name, named.started, exc, written)
+        return (
+            ItemResult(
+                source.label, name, status, count, time.perf_counter() - named.started, reason
+            ),
+            False,
         )
+
+    def close(self) -> None:
+        """Release what a blocking export kept (the event loop of an async
+        transform)."""
+        if self._portal is not None:
+            self._portal.close()
+            self._portal = self._portal_call = None
 
     def _write_blocking(
         self,
@@ -420,6 +640,7 @@ class Run:
         dataset: Dataset | None,
         destination: str,
         check: Callable[[], None],
+        written: list[CountingSink | CountingAsyncSink],
     ) -> tuple[Status, int, BaseException | None]:
         if self.dry_run:
             if not self.exist_ok and self.root.exists(destination):
@@ -432,9 +653,10 @@ class Run:
             dataset = self._read_if_new(source, destination)
             if dataset is None:
                 return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
-        sink = self.root.sink(destination)
+        sink = self._sink(destination)
         if not isinstance(sink, CountingSink):
             raise TypeError(f"{destination!r} needs an async sink: export it in the event loop")
+        written.append(sink)
         try:
             write_in_this_thread(
                 sink,
@@ -449,20 +671,109 @@ class Run:
             return Status.SKIPPED, 0, exc
         return Status.WRITTEN, sink.count, None
 
-    async def _claim_here(self, name: str) -> None:
-        self.taken.claim(name)
+    # -- reading, transforming, naming ---------------------------------------------
 
-    def _read_and_name(self, source: Source) -> tuple[Dataset | None, str]:
-        """In a worker thread: read the dataset and name its destination."""
+    async def _read_and_name(self, source: Source) -> tuple[Dataset | None, str]:
+        """Read the dataset (in a worker thread), transform it, name it."""
+        if not self.async_transform:
+            return await anyio.to_thread.run_sync(
+                self._read_and_name_here, source, abandon_on_cancel=True
+            )
+        dataset, _ = await anyio.to_thread.run_sync(self._read, source, abandon_on_cancel=True)
+        dataset = await self._transformed_async(dataset)
+        name = await anyio.to_thread.run_sync(
+            self._name, source, dataset, False, abandon_on_cancel=True
+        )
+        return dataset, name
+
+    def _read_and_name_here(self, source: Source) -> tuple[Dataset | None, str]:
+        """In a worker thread: read, transform (a sync transform) and name."""
+        dataset, deferred = self._read(source)
+        if self.transform is not None:
+            dataset = self._transformed_blocking(dataset)
+        name = self._name(source, dataset, deferred)
+        return (None if deferred else dataset), name
+
+    def _read(self, source: Source) -> tuple[Dataset, bool]:
+        """Read `source` (blocking); ``True`` if its large values were deferred
+        (a first look, to name it: it is read again to be written)."""
         defer = DEFER_SIZE if self.look_first and source.kind == "path" else None
-        dataset = read_source(source, force=self.force, defer_size=defer)
-        destination = self.root.join(self.naming.render(dataset, self.root.unsafe_characters))
-        if defer is not None:
-            return None, destination  # read again, whole, if it is to be written
-        if not self.dry_run:
+        return read_source(source, force=self.force, defer_size=defer), defer is not None
+
+    def _name(self, source: Source, dataset: Dataset, deferred: bool) -> str:
+        """Name `dataset` (blocking: creates the folders it needs unless it is to
+        be read again first, or in a dry run)."""
+        relative = self.naming.render(dataset, self.root.unsafe_characters, source_name(source))
+        destination = self.root.join(relative)
+        if not deferred and not self.dry_run:
             _unless_abandoned()
+            self._make_parent(destination)
+        return destination
+
+    def _make_parent(self, destination: str) -> None:
+        try:
             self.root.make_parent(destination)
-        return dataset, destination
+        except OSError as exc:
+            raise _AtDestination(exc) from exc
+
+    def _sink(self, destination: str) -> CountingSink | CountingAsyncSink:
+        try:
+            return self.root.sink(destination)
+        except Exception as exc:
+            raise _AtDestination(exc) from exc
+
+    def _transformed_blocking(self, dataset: Dataset) -> Dataset:
+        """Apply the transform here (blocking; an async one on an event loop of
+        this run's own, started once)."""
+        transform = self.transform
+        assert transform is not None
+        try:
+            if self.async_transform:
+                if self._portal_call is None:
+                    stack = contextlib.ExitStack()
+                    portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
+                    self._portal, self._portal_call = stack, portal.call
+                assert self._portal_call is not None
+                result = self._portal_call(transform, dataset)
+            else:
+                result = transform(dataset)
+        except Exception as exc:
+            raise self._transform_error(exc) from exc
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()  # never awaited: say so once, not as a RuntimeWarning
+            raise TransformError(
+                f"transform {_name_of(transform)} returned an awaitable: declare it "
+                "'async def' to have it awaited"
+            )
+        return self._transform_result(result, dataset)
+
+    async def _transformed_async(self, dataset: Dataset) -> Dataset:
+        transform = self.transform
+        assert transform is not None
+        try:
+            result = await transform(dataset)  # type: ignore[misc]
+        except Exception as exc:
+            raise self._transform_error(exc) from exc
+        return self._transform_result(result, dataset)
+
+    def _transform_error(self, exc: Exception) -> TransformError:
+        return TransformError(
+            f"transform {_name_of(self.transform)} failed: {describe_error(exc)}"
+        )
+
+    def _transform_result(self, result: Any, dataset: Dataset) -> Dataset:
+        if result is None:
+            return dataset
+        if isinstance(result, Dataset):
+            return result
+        raise TransformError(
+            f"transform {_name_of(self.transform)} returned {type(result).__name__}: "
+            "return a Dataset, or None to write the one given"
+        )
+
+    # -- writing ----------------------------------------------------------------------
 
     async def _write(
         self,
@@ -484,7 +795,7 @@ class Run:
             )
             if dataset is None:
                 return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
-        sink = self.root.sink(destination)
+        sink = self._sink(destination)
         written.append(sink)
         try:
             await dcmwrite(
@@ -505,14 +816,16 @@ class Run:
             return None
         dataset = read_source(source, force=self.force)
         _unless_abandoned()
-        self.root.make_parent(destination)
+        self._make_parent(destination)
         return dataset
 
-    async def record(self, result: ItemResult) -> None:
+    async def record(self, result: ItemResult, at_destination: bool = False) -> None:
         """Add `result` and report progress (callbacks run one at a time, in order).
 
         The item is counted before anything can be cancelled; a callback that
         raises stops the export, and :func:`run_export` raises its exception.
+        So does a run of items failed at the destination with the same error
+        (:class:`~aiodicom.DestinationError`).
         """
         now = self.tally.add(result)
         if self.progress is not None and self.callback_error is None:
@@ -527,6 +840,11 @@ class Run:
         if self.fail_fast and result.status is Status.FAILED:
             self.tally.stopped_early = True
             self._stop()
+        error = self.repeated.add(result, at_destination)
+        if error is not None and self.stopped_by is None:
+            self.stopped_by = error
+            self.tally.stopped_early = True
+            self._stop()
 
     def _record_now(self, result: ItemResult) -> None:
         """Count `result` without waiting for anything (the export is being
@@ -539,6 +857,12 @@ class Run:
     def _stop(self) -> None:
         assert self.cancel_scope is not None
         self.cancel_scope.cancel()
+
+
+def _name_of(function: Any) -> str:
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", None) or type(function).__name__
+    return f"{module}:{name}" if module else name
 
 
 def _unless_abandoned() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Literal
 
 import dask.base
 import dask.callbacks
@@ -20,7 +20,7 @@ from dask.delayed import Delayed, delayed
 from .._errors import DuplicateDestinationError, PartitionError, RemoteError
 from .._export.destination import Root
 from .._export.naming import DEFAULT_TEMPLATE, Template
-from .._export.options import ExportOptions, check_positive
+from .._export.options import ExportOptions, Transform, check_positive
 from .._export.report import (
     ExportProgress,
     ExportReport,
@@ -30,6 +30,7 @@ from .._export.report import (
     Tally,
     describe_error,
 )
+from .._export.run import selection_for
 from ._partition import (
     Job,
     PartitionOutcome,
@@ -70,6 +71,10 @@ def export(
     fail_fast: bool = False,
     progress: Callable[[ExportProgress], object] | None = None,
     backend: str = "asyncio",
+    transform: Transform | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    on_conflict: Literal["fail", "suffix"] = "fail",
 ) -> ExportReport:
     """Export many DICOM datasets on a Dask cluster; one report for all.
 
@@ -121,6 +126,13 @@ def export(
         per item, as the partitions come back (so in bursts).
     backend : {"asyncio", "trio"}, optional
         The event loop each task runs (default ``"asyncio"``).
+    transform, include, exclude
+        As for :func:`aiodicom.export`; the transform is pickled into every task
+        (a module-level function the workers can import).
+    on_conflict : {"fail", "suffix"}, optional
+        As for :func:`aiodicom.export`, within a partition (the first in source
+        order wins there).  Across partitions, names are compared only as the
+        partitions come back: see Returns.
 
     Returns
     -------
@@ -135,6 +147,9 @@ def export(
 
     Raises
     ------
+    DestinationError
+        If the pre-flight check (made on the client) finds that `destination`
+        cannot be written; nothing runs.
     TemplateError
         If `template` is unusable (before anything runs).
     TypeError, ValueError
@@ -169,14 +184,17 @@ def run_on_dask(
         raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
     root = Root.parse(destination, options.storage_options, options.upload_options)
     client = _client(client)
+    root.check(dry_run=options.dry_run)
     job = Job(
-        destination=root.location,
+        destination=root.factory if root.factory is not None else root.location,
         options=options,
         backend=backend,
         stop_token=uuid.uuid4().hex,
     )
     started = time.perf_counter()
-    the_plan = plan(sources, partition_size, options.source_storage_options)
+    the_plan = plan(
+        sources, partition_size, options.source_storage_options, selection_for(root, options)
+    )
     gather = _Gather(progress, Tally(the_plan.total, started), options.fail_fast)
     for item in the_plan.rejected:
         gather.add([item])

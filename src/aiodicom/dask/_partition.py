@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from .._errors import RemoteError
+from .._errors import DestinationError, RemoteError
 from .._export.destination import Root
 from .._export.options import ExportOptions
 from .._export.report import ExportReport, ItemResult, describe_error
@@ -37,7 +37,7 @@ _STOP_LOCK = threading.Lock()
 class Job:
     """Everything a worker needs to export a partition (pickled into each task)."""
 
-    destination: str
+    destination: Any  # the root's location, or the callable that makes sinks
     options: ExportOptions
     backend: str
     stop_token: str
@@ -95,9 +95,16 @@ def export_partition(items: Iterable[Any], job: Job) -> PartitionOutcome:
     started = time.perf_counter()
     options = replace(job.options, workers=1)  # the cluster's processes are the workers
     root = Root.parse(job.destination, options.storage_options, options.upload_options)
-    report: ExportReport = anyio.run(
-        partial(run_export, items, root, options), backend=job.backend
-    )
+    try:
+        report: ExportReport = anyio.run(
+            partial(run_export, items, root, options, check_destination=False),
+            backend=job.backend,
+        )
+    except DestinationError as exc:  # a run of destination errors stopped it
+        if exc.report is None:
+            raise
+        report = exc.report
+        stop_flag(job.stop_token).set()  # the destination is down: start no more here
     if options.fail_fast and report.failed:
         stop_flag(job.stop_token).set()  # other partitions in this process do not start
     return PartitionOutcome(

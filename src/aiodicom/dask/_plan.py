@@ -18,8 +18,9 @@ from typing import Any
 import anyio
 from dask.bag import Bag
 
+from .._errors import SourceSkipped
 from .._export.report import ItemResult, Status
-from .._export.sources import iter_sources
+from .._export.sources import Selection, iter_sources
 
 __all__ = ["Partition", "Plan", "plan"]
 
@@ -52,15 +53,23 @@ class Plan:
     total: int | None = None
 
 
-def plan(sources: Any, partition_size: int, storage_options: dict[str, Any] | None) -> Plan:
-    """Split `sources` into partitions of at most `partition_size` items."""
+def plan(
+    sources: Any,
+    partition_size: int,
+    storage_options: dict[str, Any] | None,
+    selection: Selection | None = None,
+) -> Plan:
+    """Split `sources` into partitions of at most `partition_size` items
+    (folders, globs and prefixes searched as `selection` says)."""
     if isinstance(sources, Bag):
         return _plan_bag(sources)
     refs: list[Any] = []
     labels: list[str] = []
     rejected: list[ItemResult] = []
-    for label, ref, error in _references(sources, storage_options):
-        if error is not None:
+    for label, ref, error in _references(sources, storage_options, selection):
+        if isinstance(error, SourceSkipped):
+            rejected.append(ItemResult(label, None, Status.SKIPPED, 0, 0.0, error))
+        elif error is not None:
             rejected.append(ItemResult(label, None, Status.FAILED, 0, 0.0, error))
         else:
             refs.append(ref)
@@ -88,13 +97,14 @@ def _plan_bag(bag: Any) -> Plan:
 
 
 def _references(
-    sources: Any, storage_options: dict[str, Any] | None
+    sources: Any, storage_options: dict[str, Any] | None, selection: Selection | None
 ) -> Iterator[tuple[str, Any, BaseException | None]]:
-    """``(label, reference, None)`` per item, or ``(label, None, error)``."""
+    """``(label, reference, None)`` per item, or ``(label, None, error)`` (a
+    :class:`~aiodicom.SourceSkipped` error for a skipped item)."""
 
     async def expand() -> list[tuple[str, Any, BaseException | None]]:
         out: list[tuple[str, Any, BaseException | None]] = []
-        async for source in iter_sources(sources, storage_options):
+        async for source in iter_sources(sources, storage_options, selection or Selection()):
             if source.kind == "path":
                 out.append((source.value, _PATH, None))
             elif source.kind == "url":

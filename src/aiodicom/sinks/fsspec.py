@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from .._errors import exists_error
 from ._protocol import Chunk, Writer
-from ._stores._uploader import Options, PartWriter, Store
+from ._stores._uploader import Options, PartWriter, Store, probe
 
 __all__ = ["DEFAULT_PART_SIZE", "FsspecFile"]
 
@@ -185,6 +185,47 @@ class FsspecFile:
             except FileExistsError:
                 raise exists_error(self.url) from None
         return _GenericWriter(fs, path, self.url, exist_ok)
+
+    def probe(self) -> None:
+        """Check that this object could be written, leaving nothing behind (blocking).
+
+        The filesystem is created (bad storage options fail here), then: for S3
+        and GCS an upload is started and discarded (a multipart upload aborted, a
+        resumable session deleted), which needs the bucket to exist and the
+        credentials to be allowed to write; for Azure one byte is staged as a
+        block that is never committed (invisible; the service drops it within a
+        week); ``memory://`` needs nothing more; a local folder is created and a
+        temporary file is written in it and removed; any other filesystem gets an
+        empty file written and deleted.  :func:`aiodicom.export` calls it once,
+        on a name under its destination, before reading any source.
+
+        Raises
+        ------
+        Exception
+            What writing would raise: :class:`FileNotFoundError` for a missing
+            bucket, :class:`PermissionError` for refused credentials, the client
+            library's own error for missing ones.
+        """
+        fs, path = self.filesystem()
+        store = _object_store(fs, path, self.url, self.options)
+        if store is not None:
+            probe(store, self.url, self.options)
+        elif _is_instance(fs, "fsspec.implementations.memory", "MemoryFileSystem"):
+            return
+        elif _is_instance(fs, "fsspec.implementations.local", "LocalFileSystem"):
+            import os
+            import tempfile
+
+            from .local import TEMP_SUFFIX
+
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            fd, temp = tempfile.mkstemp(suffix=TEMP_SUFFIX, dir=folder)
+            os.close(fd)
+            os.unlink(temp)
+        else:
+            fs.pipe_file(path, b"")
+            fs.rm_file(path)
 
 
 _STORES: Final = (

@@ -37,7 +37,7 @@ from ..._core.rules import Chunk
 from ..._errors import RetryableError, exists_error
 from ..._retry import RetryPolicy
 
-__all__ = ["Options", "PartWriter", "Store", "StoreBase"]
+__all__ = ["Options", "PartWriter", "Store", "StoreBase", "probe"]
 
 logger = logging.getLogger("aiodicom")
 
@@ -105,6 +105,9 @@ class Store(Protocol):
     async def cancel(self) -> None:
         """Discard the upload started by :meth:`start`, if any."""
 
+    async def probe(self) -> None:
+        """Check that the object could be written, leaving nothing behind."""
+
     def is_transient(self, exc: BaseException) -> bool:
         """Whether retrying the request that raised `exc` may succeed (besides
         connection errors and timeouts, which always are)."""
@@ -142,6 +145,13 @@ class StoreBase:
     def invalidate(self) -> None:
         """Forget cached listings of the object's directory (after commit)."""
         self.fs.invalidate_cache(self.path)
+
+
+def probe(store: Store, url: str, options: Options) -> None:
+    """Run ``store.probe()`` (after ``prepare``) with the writer's retries and
+    error translation (blocking)."""
+    writer = PartWriter(store, url, True, options)
+    writer._call(store.probe)
 
 
 class PartWriter:

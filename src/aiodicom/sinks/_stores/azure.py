@@ -84,6 +84,11 @@ class AzureStore(StoreBase):
     async def cancel(self) -> None:
         pass  # uncommitted blocks are invisible and dropped by the service
 
+    async def probe(self) -> None:
+        """One byte staged as a block and never committed: no blob appears (the
+        service drops uncommitted blocks within a week)."""
+        await self.upload_part(1, 0, b"\0")
+
     def is_transient(self, exc: BaseException) -> bool:
         from azure.core.exceptions import (
             HttpResponseError,

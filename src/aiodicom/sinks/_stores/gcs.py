@@ -121,6 +121,11 @@ class GCSStore(StoreBase):
         location, self.location = self.location, None
         await self.fs._call("DELETE", location.replace("&ifGenerationMatch=0", ""))
 
+    async def probe(self) -> None:
+        """A resumable session, started and deleted: no object is created."""
+        await self.start(False)
+        await self.cancel()
+
     def is_transient(self, exc: BaseException) -> bool:
         from gcsfs.retry import is_retriable
 

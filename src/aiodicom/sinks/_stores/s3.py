@@ -131,6 +131,11 @@ class S3Store(StoreBase):
                 raise
         self.upload_id = None
 
+    async def probe(self) -> None:
+        """A multipart upload, started and aborted: no object is created."""
+        await self.start(False)
+        await self.cancel()
+
     def is_transient(self, exc: BaseException) -> bool:
         from s3fs.core import S3_RETRYABLE_ERRORS
 
