@@ -237,6 +237,10 @@ def _url_root(location: str) -> str:
     return f"{head}://{path.rstrip('/')}"
 
 
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
+"""aiodicom's extras that install a protocol's package."""
+
+
 def _check_protocols(url: str) -> None:
     import fsspec
 
@@ -245,7 +249,9 @@ def _check_protocols(url: str) -> None:
         try:
             fsspec.get_filesystem_class(protocol)
         except (ValueError, ImportError) as exc:
-            raise ValueError(f"cannot write to {url!r}: {exc}") from None
+            extra = _EXTRAS.get(protocol)
+            hint = f" (pip install 'aiodicom[{extra}]')" if extra and "nstall" in str(exc) else ""
+            raise ValueError(f"cannot write to {url!r}: {exc}{hint}") from None
 
 
 def _size(chunk: Chunk) -> int:
@@ -255,8 +261,17 @@ def _size(chunk: Chunk) -> int:
 def _declare_capabilities(wrapper: Any, inner: Any) -> None:
     """Give `wrapper` the optional capabilities of the sink it wraps."""
     able = capabilities(inner)
-    if able.check is not None:
-        wrapper.check = able.check
+    check = able.check
+    if check is not None:
+
+        def checked(*, exist_ok: bool) -> None:
+            try:
+                check(exist_ok=exist_ok)
+            except Exception as exc:  # the destination's own error, as open's
+                wrapper.error = exc
+                raise
+
+        wrapper.check = checked
     wrapper.retries = able.retries
     wrapper.inline_write_limit = able.inline_write_limit
 

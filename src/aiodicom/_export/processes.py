@@ -61,9 +61,9 @@ import anyio.to_thread
 
 from .._driver import encode_in_threads
 from .._errors import RemoteError
+from .claims import FIRST, Grant, NameGate, OrderedNames
 from .destination import Root
 from .options import ExportOptions
-from .claims import FIRST, Grant, NameGate, OrderedNames
 from .report import ExportProgress, ExportReport, ItemResult, Status, Tally
 from .run import Named, RepeatedErrors, Run, selection_for
 from .sources import Source, in_process_memory, iter_sources

@@ -87,8 +87,10 @@ class ItemResult:
 
 
 def describe_error(error: BaseException) -> str:
-    """``"Type: message"``, in one line."""
-    message = " ".join(str(error).split())
+    """``"Type: message"``, in one line (without a traceback that the message
+    carries: pydicom puts one in some of its errors)."""
+    message = str(error).split("Traceback (most recent call last)", 1)[0]
+    message = " ".join(message.split())
     name = type(error).__name__
     return f"{name}: {message}" if message else name
 
@@ -214,7 +216,7 @@ class ExportReport:
             f"{format_bytes(self.bytes_written)} in {self.seconds:.2f} s"
         )
         if not self.dry_run and self.seconds > 0:
-            rate = self.done / self.seconds
+            rate = self.written / self.seconds
             text += f" ({format_bytes(self.throughput)}/s, {rate:.1f} items/s)"
         if self.stopped_early:
             text += "; stopped early"

@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydicom.dataset import Dataset
 
 from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
-from .._errors import DestinationError, SourceSkipped, TransformError
+from .._errors import DestinationError, SourceSkipped, TransformError, exists_error
 from .claims import FIRST, NameGate, OrderedNames
 from .destination import CountingAsyncSink, CountingSink, Root
 from .naming import DEFAULT_TEMPLATE, Template
@@ -644,7 +644,7 @@ class Run:
     ) -> tuple[Status, int, BaseException | None]:
         if self.dry_run:
             if not self.exist_ok and self.root.exists(destination):
-                exists = FileExistsError(f"{destination!r} exists")
+                exists = exists_error(destination)
                 if self.skip_existing:
                     return Status.SKIPPED, 0, exists
                 raise exists
@@ -652,7 +652,7 @@ class Run:
         if dataset is None:
             dataset = self._read_if_new(source, destination)
             if dataset is None:
-                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
+                return Status.SKIPPED, 0, exists_error(destination)
         sink = self._sink(destination)
         if not isinstance(sink, CountingSink):
             raise TypeError(f"{destination!r} needs an async sink: export it in the event loop")
@@ -784,7 +784,7 @@ class Run:
     ) -> tuple[Status, int, BaseException | None]:
         if self.dry_run:
             if not self.exist_ok and await anyio.to_thread.run_sync(self.root.exists, destination):
-                exists = FileExistsError(f"{destination!r} exists")
+                exists = exists_error(destination)
                 if self.skip_existing:
                     return Status.SKIPPED, 0, exists
                 raise exists
@@ -794,7 +794,7 @@ class Run:
                 self._read_if_new, source, destination, abandon_on_cancel=True
             )
             if dataset is None:
-                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
+                return Status.SKIPPED, 0, exists_error(destination)
         sink = self._sink(destination)
         written.append(sink)
         try:

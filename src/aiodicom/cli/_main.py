@@ -1,9 +1,10 @@
 """The ``aiodicom`` command: ``aiodicom export ...`` and ``aiodicom demo``.
 
-Exit status: 0 when every item was written or skipped, 1 when any failed,
-2 for a usage error (reported in one line before any work), 130 when interrupted
-by Ctrl-C, 143 when stopped by SIGTERM (both stop cleanly: nothing half-written,
-and the report lists what finished).
+Exit status: 0 when every item was written or skipped, 1 when any failed (or
+a run of identical destination errors stopped the export), 2 for a usage error
+or a destination that cannot be written (reported in one line before any source
+is read), 130 when interrupted by Ctrl-C, 143 when stopped by SIGTERM (both stop
+cleanly: nothing half-written, and the report lists what finished).
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ from typing import Any, Final, TextIO
 
 import anyio
 
-from .._errors import TemplateError, UsageError
+from .._errors import DestinationError, TemplateError, UsageError
 from .._export.destination import Root
 from .._export.naming import Template
 from .._export.options import ExportOptions
 from .._export.report import ExportProgress, ExportReport, JsonLinesReport, Status, Tally
-from .._export.run import run_export
+from .._export.run import run_export, selection_for
 from .._export.sources import count_local
+from ..sinks import is_url
 from ._args import (
     EXIT_USAGE,
     build_parser,
+    check_dask,
     check_report_path,
     check_source,
+    load_transform,
     parse_storage_options,
 )
-from ._progress import LogLines, ProgressBar, failure_line
+from ._progress import LogLines, ProgressBar, failure_line, item_line
 
 __all__ = ["main"]
 
@@ -62,8 +66,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-
-_SHOWN_FAILURES: Final = 50
 
 DEMO_FILES: Final = (
     "CT_small.dcm",
@@ -99,8 +101,8 @@ def _dask_client(address: str | None) -> Iterator[Any]:
         return
     try:
         client = Client(address, timeout=30)
-    except OSError as exc:
-        raise UsageError(f"cannot reach the Dask scheduler {address!r}: {exc}") from None
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise UsageError(f"--dask-scheduler {address!r}: cannot reach it: {exc}") from None
     with client:
         yield client
 
@@ -174,21 +176,42 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         template = Template(args.template)
     except TemplateError as exc:
         raise UsageError(str(exc)) from None
-    # the same options for one process and for Dask
-    options = ExportOptions(
-        template=template,
-        concurrency=args.concurrency,
-        exist_ok=not args.no_clobber,
-        skip_existing=args.skip_existing,
-        storage_options=parse_storage_options(args.storage_option),
-        source_storage_options=parse_storage_options(args.source_storage_option),
-        force=args.force,
-        enforce_file_format=args.enforce_file_format,
-        dry_run=args.dry_run,
-        fail_fast=args.fail_fast,
-        workers=args.workers,
+    storage_options = parse_storage_options(
+        args.storage_option, args.storage_option_json, flag="--storage-option"
     )
+    source_storage_options = parse_storage_options(
+        args.source_storage_option,
+        args.source_storage_option_json,
+        flag="--source-storage-option",
+    )
+    if storage_options and not (is_url(destination) and not destination.startswith("file://")):
+        raise UsageError(
+            "--storage-option is only for a URL destination (s3://, gs://, az://...), "
+            f"not the folder {destination!r}"
+        )
+    on_dask = getattr(args, "dask", False) or getattr(args, "dask_scheduler", None) is not None
+    if on_dask:
+        check_dask(args.dask_scheduler)
+    transform = load_transform(args.transform) if args.transform else None
+    # the same options for one process and for Dask
     try:
+        options = ExportOptions(
+            template=template,
+            concurrency=args.concurrency,
+            exist_ok=not args.no_clobber,
+            skip_existing=args.skip_existing,
+            storage_options=storage_options,
+            source_storage_options=source_storage_options,
+            force=args.force,
+            enforce_file_format=args.enforce_file_format,
+            dry_run=args.dry_run,
+            fail_fast=args.fail_fast,
+            workers=args.workers,
+            transform=transform,
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            on_conflict=args.on_conflict,
+        )
         root = Root.parse(destination, options.storage_options)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -196,8 +219,14 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         check_source(source, options.source_storage_options)
     if args.report:
         check_report_path(args.report)
+    try:
+        root.check(dry_run=args.dry_run)  # before any source is read
+    except DestinationError as exc:
+        raise UsageError(_destination_hint(exc, root)) from None
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
-    total = count_local(sources)
+    total = count_local(sources, selection_for(root, options))
     quiet = args.quiet
     show: ProgressBar | LogLines | None = None
     if not quiet and not args.dry_run:
@@ -207,19 +236,25 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
     stream = _open_report(args.report)
     lines = JsonLinesReport(stream) if stream is not None else None
     finished = Tally(total, keep_items=False, on_item=lines.item if lines else None)
+    # standard output is the report's with --report -: the plan and summary go aside
+    out = sys.stderr if stream is sys.stdout else sys.stdout
 
     def on_progress(progress: ExportProgress) -> None:
         finished.add(progress.item)
+        item = progress.item
         if show is not None:
-            show.update(progress)
-        elif progress.item.status is Status.FAILED and not args.dry_run:
-            print(failure_line(progress.item), file=sys.stderr)
+            show.update(progress)  # failures as they happen, above the bar
+        elif item.status is Status.FAILED:
+            print(failure_line(item), file=sys.stderr)
+        elif args.dry_run:
+            print(item_line(item), file=out, flush=True)  # the plan, also with --quiet
 
     terminated = False
+    stopped: DestinationError | None = None
 
     async def run() -> ExportReport | None:
         """The export; ``None`` if SIGTERM stopped it (as Ctrl-C does: cleanly)."""
-        nonlocal terminated
+        nonlocal terminated, stopped
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as group:
 
@@ -232,9 +267,18 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
                             return
 
                 group.start_soon(stop_on_sigterm)
-                report = await run_export(
-                    sources, root, options, progress=on_progress, total=total
-                )
+                try:
+                    report = await run_export(
+                        sources,
+                        root,
+                        options,
+                        progress=on_progress,
+                        total=total,
+                        check_destination=False,
+                    )
+                except DestinationError as exc:  # a run of identical destination errors
+                    stopped = exc
+                    report = exc.report
                 group.cancel_scope.cancel()
                 return report
         return None
@@ -245,7 +289,6 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         with _dask_client(args.dask_scheduler) as client:
             return run_on_dask(sources, destination, options, client=client, progress=on_progress)
 
-    on_dask = getattr(args, "dask", False) or getattr(args, "dask_scheduler", None) is not None
     interrupted = False
     outcome: ExportReport | None = None
     try:
@@ -266,32 +309,32 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
     else:
         report = outcome
 
-    if args.dry_run and not quiet:
-        for item in report.items:
-            if item.status is not Status.FAILED:
-                print(f"{item.status} {item.source} -> {item.destination}")
-    _print_failures(report)
+    if stopped is not None:
+        print(f"aiodicom {args.command}: {stopped}", file=sys.stderr)
     if lines is not None and stream is not None:
         lines.finish(report)
         if stream is not sys.stdout:
             stream.close()
     if not quiet:
         prefix = "interrupted: " if interrupted else ""
-        print(f"{prefix}{report.summary()}")
+        print(f"{prefix}{report.summary()}", file=out)
     if interrupted:
         return EXIT_TERMINATED if terminated or _TERMINATED.is_set() else EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _print_failures(report: ExportReport) -> None:
-    failures = report.failures
-    if not failures:
-        return
-    print(f"{len(failures)} failed:", file=sys.stderr)
-    for item in failures[:_SHOWN_FAILURES]:
-        print("  " + failure_line(item), file=sys.stderr)
-    if len(failures) > _SHOWN_FAILURES:
-        print(f"  ... and {len(failures) - _SHOWN_FAILURES} more (see --report)", file=sys.stderr)
+def _destination_hint(error: DestinationError, root: Root) -> str:
+    """The pre-flight error, with what to check (naming the command's options)."""
+    cause = error.__cause__
+    text = str(error)
+    if root.is_local:
+        return text
+    name = type(cause).__name__ if cause is not None else ""
+    if isinstance(cause, PermissionError) or "Credential" in name or "Auth" in name:
+        return f"{text} (check the credentials: --storage-option, or the store's environment)"
+    if isinstance(cause, FileNotFoundError):
+        return f"{text} (does the bucket or container exist?)"
+    return text
 
 
 def _open_report(path: str | None) -> TextIO | None:

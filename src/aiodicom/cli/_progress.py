@@ -6,9 +6,19 @@ import shutil
 import time
 from typing import Final, TextIO
 
+from .._errors import SourceSkipped
 from .._export.report import ExportProgress, ItemResult, Status, describe_error, format_bytes
 
-__all__ = ["LogLines", "ProgressBar", "format_duration"]
+__all__ = ["LogLines", "ProgressBar", "failure_line", "format_duration", "item_line"]
+
+_FLAGS: Final = (
+    ("force=True", "--force"),
+    ("source_storage_options", "--source-storage-option"),
+    ("storage_options", "--storage-option"),
+    ("skip_existing=True", "--skip-existing"),
+    ("exist_ok=False", "--no-clobber"),
+)
+"""Python keywords in messages, and the command-line flags that set them."""
 
 _REDRAW_EVERY: Final = 0.1  # seconds
 _LOG_EVERY: Final = 5.0  # seconds
@@ -42,10 +52,37 @@ def _status_text(progress: ExportProgress) -> str:
 
 
 def failure_line(item: ItemResult) -> str:
-    """``FAILED source -> destination: Error: message``."""
+    """``FAILED source -> destination: Error: message``, each path once, with the
+    command's flags for Python keywords in the message (pydicom's ``force=True``)."""
     target = f" -> {item.destination}" if item.destination else ""
-    error = describe_error(item.error) if item.error is not None else "unknown error"
-    return f"FAILED {item.source}{target}: {error}"
+    return f"FAILED {item.source}{target}: {_error_text(item)}"
+
+
+def item_line(item: ItemResult) -> str:
+    """One line for an item: ``written a.dcm -> out/x.dcm``, ``skipped b.txt: not
+    a DICOM file...``, or :func:`failure_line`."""
+    if item.status is Status.FAILED:
+        return failure_line(item)
+    if isinstance(item.error, SourceSkipped):
+        return f"{item.status} {item.source}: {item.error}"
+    return f"{item.status} {item.source} -> {item.destination}"
+
+
+def _error_text(item: ItemResult) -> str:
+    error = item.error
+    if error is None:
+        return "unknown error"
+    if (
+        isinstance(error, OSError)
+        and error.strerror
+        and error.filename in (item.destination, item.source)
+    ):
+        text = f"{type(error).__name__}: {error.strerror}"  # the path is on the line
+    else:
+        text = describe_error(error)
+    for keyword, flag in _FLAGS:
+        text = text.replace(keyword, flag)
+    return text
 
 
 class ProgressBar:
@@ -59,12 +96,8 @@ class ProgressBar:
 
     def update(self, progress: ExportProgress) -> None:
         self._last = progress
-        if progress.item.status is Status.FAILED:
-            self._message(failure_line(progress.item))
-        elif self._verbose:
-            self._message(
-                f"{progress.item.status} {progress.item.source} -> {progress.item.destination}"
-            )
+        if progress.item.status is Status.FAILED or self._verbose:
+            self._message(item_line(progress.item))
         now = time.monotonic()
         if now - self._drawn_at >= _REDRAW_EVERY or progress.done == progress.total:
             self._draw()
@@ -107,10 +140,8 @@ class LogLines:
     def update(self, progress: ExportProgress) -> None:
         self._last = progress
         item = progress.item
-        if item.status is Status.FAILED:
-            self._write(failure_line(item))
-        elif self._verbose:
-            self._write(f"{item.status} {item.source} -> {item.destination}")
+        if item.status is Status.FAILED or self._verbose:
+            self._write(item_line(item))
         now = time.monotonic()
         if now - self._logged_at >= _LOG_EVERY:
             self._write("progress: " + _status_text(progress))

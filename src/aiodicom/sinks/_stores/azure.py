@@ -112,9 +112,9 @@ class AzureStore(StoreBase):
         if isinstance(exc, FileExistsError) or _is_exists(exc):
             return exists_error(self.url)
         if isinstance(exc, ResourceNotFoundError):
-            return FileNotFoundError(str(exc))
+            return FileNotFoundError(_short(exc))
         if isinstance(exc, ClientAuthenticationError):
-            return PermissionError(str(exc))
+            return PermissionError(_short(exc))
         return exc
 
 
@@ -122,6 +122,14 @@ def _is_exists(exc: BaseException) -> bool:
     from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
     return isinstance(exc, ResourceExistsError | ResourceModifiedError)
+
+
+def _short(exc: BaseException) -> str:
+    """The service's message without the request id, time and XML body it carries."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    code = _error_code(exc)
+    return f"{first} ({code})" if code else first
 
 
 def _error_code(exc: BaseException) -> str | None:
