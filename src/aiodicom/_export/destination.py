@@ -157,6 +157,10 @@ class Root:
             link inside it that points elsewhere; or if an object name holds
             characters that the store's client would read as URL syntax.
         """
+        if self.factory is not None:
+            if any(char in relative for char in self.unsafe_characters):
+                raise NamingError(f"unsafe name {relative!r}: '?' and '#' are refused")
+            return relative  # what the callable gets
         if not self.is_local:
             if any(char in relative for char in self.unsafe_characters):
                 raise NamingError(
