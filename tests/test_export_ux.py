@@ -921,3 +921,69 @@ def test_the_summary_rate_counts_written_items() -> None:
     ]
     text = ExportReport(items=items, seconds=2.0).summary()
     assert re.search(r"\b0\.5 items/s\)", text), text
+
+
+@pytest.mark.anyio
+async def test_written_items_and_existing_names_do_not_count_towards_a_stop(
+    tmp_path: Path,
+) -> None:
+    items = []
+    for number in range(45):
+        ds = datasets.ct_slice(8, 8)
+        ds.SOPInstanceUID = f"1.2.3.{number}"
+        items.append(ds)
+
+    class EveryTwentieth:
+        """Full, but every twentieth write goes through."""
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def __call__(self, name: str) -> Any:
+            self.count += 1
+            return bytearray() if self.count % 19 == 0 else _Full(name, [0], False)
+
+    report = await aiodicom.export(items, EveryTwentieth(), concurrency=1)
+    assert report.written == 2
+    assert report.failed == 43
+    assert not report.stopped_early
+
+    # 45 existing names with exist_ok=False: item failures, not a failing destination
+    assert (await aiodicom.export(items, tmp_path, concurrency=1)).written == 45
+    report = await aiodicom.export(items, tmp_path, concurrency=1, exist_ok=False)
+    assert report.failed == 45
+    assert all(isinstance(item.error, FileExistsError) for item in report.failures)
+    assert not report.stopped_early
+
+
+@pytest.mark.anyio
+async def test_a_url_destination_inside_a_url_source_is_not_read_back(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"memory://ux-{tmp_path.name}"
+    fs.pipe_file(f"{root}/scans/ct.dcm", pydicom_bytes(pydicom_file("CT_small.dcm")))
+    try:
+        for _ in range(2):
+            report = await aiodicom.export(f"{root}/scans", f"{root}/scans/out")
+            assert report.ok
+            assert report.written == 1
+            (item,) = report.items
+            assert item.source.endswith("/scans/ct.dcm")
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_the_probe_of_another_filesystem_leaves_nothing(tmp_path: Path) -> None:
+    import fsspec
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    from aiodicom.sinks.fsspec import FsspecFile
+
+    memory = fsspec.filesystem("memory")
+    root = f"/ux-{tmp_path.name}"
+    memory.mkdir(root)
+    fs = DirFileSystem(path=root, fs=memory)
+    FsspecFile(fs, "out/.probe.dcm").probe()
+    assert memory.find(root) == []
+    memory.rm(root, recursive=True)

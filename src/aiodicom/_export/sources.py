@@ -100,14 +100,22 @@ class Selection:
 
     def avoids_url(self, url: str) -> bool:
         """Whether `url` is (under) a URL prefix never to list."""
+        url = _canonical(url)
         return any(
-            url == avoided or url.startswith(avoided.rstrip("/") + "/")
-            for avoided in self.avoid
+            url == avoided or url.startswith(avoided + "/")
+            for avoided in map(_canonical, self.avoid)
             if is_url(avoided)
         )
 
 
 _EVERYTHING: Final = Selection()
+
+
+def _canonical(url: str) -> str:
+    """`url` without the slashes that do not change what it names
+    (``memory:///a/b/`` is ``memory://a/b``)."""
+    head, _, path = url.partition("://")
+    return f"{head}://{path.strip('/')}"
 
 
 def _matches(pattern: str, relative: str, name: str) -> bool:
