@@ -26,9 +26,26 @@ def tests(session: nox.Session) -> None:
 
 def _install_validators(session: nox.Session) -> None:
     """DCMTK's dcmdump and dicom3tools' dciodvfy, which tests/test_validators.py runs
-    (Debian packages; needs root or sudo the first time)."""
+    (Debian packages; needs root or sudo the first time).  Elsewhere, stop with a
+    message that names them."""
     if shutil.which("dcmdump") and shutil.which("dciodvfy"):
         return
+    missing = " and ".join(
+        f"{tool} ({package})"
+        for tool, package in (("dcmdump", "DCMTK"), ("dciodvfy", "dicom3tools"))
+        if not shutil.which(tool)
+    )
+    if shutil.which("apt-get") is None:
+        session.error(
+            f"the tests need {missing} on PATH, and this system has no apt-get to install "
+            "them: install DCMTK and dicom3tools with your package manager "
+            "(Homebrew: brew install dcmtk; dicom3tools: https://www.dclunie.com/dicom3tools.html)"
+        )
+    if os.geteuid() != 0 and shutil.which("sudo") is None:
+        session.error(
+            f"the tests need {missing}: run as root, or install them first "
+            "(apt-get install dcmtk dicom3tools)"
+        )
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run(*sudo, "apt-get", "update", "-qq", external=True, env=env)

@@ -107,5 +107,15 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
     return markdown.replace(CHART_MARKER, chart)
 
 
+# Defaults whose source text is a private sentinel; the reference shows their value.
+# (dcmwrite's exist_ok defaults to a true value that tells "not given" apart from
+# True, to refuse exist_ok together with pydicom 3.0's overwrite.)
+SIGNATURE_DEFAULTS = {
+    '<span class="n">_EXIST_OK_DEFAULT</span>': '<span class="kc">True</span>',
+}
+
+
 def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    for source, shown in SIGNATURE_DEFAULTS.items():
+        html = html.replace(source, shown)
     return _ROLE.sub(r"<code>\1</code>", html)

@@ -17,9 +17,10 @@ Where files go, from the environment:
   ``{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}``.
 
 Run it with ``uvicorn examples.fastapi_upload:app`` or ``python
-examples/fastapi_upload.py --serve`` (needs ``pip install aiodicom fastapi
-python-multipart uvicorn``).  ``python examples/fastapi_upload.py`` alone uploads
-pydicom's example CT slice twice through the app in-process (201, then 409).
+examples/fastapi_upload.py --serve`` (needs aiodicom, and ``pip install fastapi
+python-multipart httpx uvicorn``; add aiodicom's ``s3`` extra for S3).  ``python
+examples/fastapi_upload.py`` alone uploads pydicom's example CT slice twice through
+the app in-process (201, then 409), with httpx.
 """
 
 from __future__ import annotations

@@ -63,7 +63,12 @@ def install() -> None:
     SERVERS.mkdir(exist_ok=True)
     python = VENV / "bin" / "python"
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        made = subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=False)
+        if made.returncode != 0:
+            raise SystemExit(
+                f"cannot create {VENV} with {sys.executable} -m venv: install Python's venv "
+                "module (Debian and Ubuntu: apt-get install python3-venv)"
+            )
     if not (VENV / "bin" / "moto_server").exists() or not _fake_gcs_candidates():
         subprocess.run(
             [
@@ -77,7 +82,14 @@ def install() -> None:
             ],
             check=True,
         )
-    if not (NPM / "node_modules" / ".bin" / "azurite-blob").exists():
+    azurite = os.environ.get("AIODICOM_AZURITE_BLOB") or _azurite_default()
+    if not os.path.exists(azurite):
+        if shutil.which("npm") is None:
+            raise SystemExit(
+                "npm is missing: the Azure Blob Storage emulator (Azurite) is installed with "
+                "npm; install Node.js with npm (Debian and Ubuntu: apt-get "
+                "install nodejs npm; https://nodejs.org), or set AIODICOM_AZURITE_BLOB"
+            )
         subprocess.run(
             [
                 "npm",

@@ -808,7 +808,8 @@ def test_dask_options_without_the_extra_or_a_usable_scheduler(
     env = _stub_without(tmp_path, "dask", "distributed")
     for flags in (["--dask"], ["--dask-scheduler", "tcp://127.0.0.1:8786"]):
         line = usage_error(cli("export", archive, out, *flags, env=env))
-        assert "pip install 'aiodicom[dask]'" in line
+        assert "aiodicom's 'dask' extra" in line
+        assert "pip install '.[dask]'" in line
     line = usage_error(cli("export", archive, out, "--dask-scheduler", "nonsense"))
     assert "--dask-scheduler 'nonsense'" in line
     line = usage_error(cli("export", archive, out, "--dask-scheduler", "http://127.0.0.1:8786"))
@@ -862,7 +863,7 @@ def test_unusable_sources_and_destinations(
 def test_a_missing_protocol_package_names_the_extra(archive: Path, tmp_path: Path) -> None:
     env = _stub_without(tmp_path, "s3fs")
     line = usage_error(cli("export", archive, "s3://bucket/x", env=env))
-    assert "pip install 'aiodicom[s3]'" in line
+    assert "install aiodicom's 's3' extra: pip install '.[s3]'" in line
 
 
 def test_json_looking_storage_option_strings_get_a_note(archive: Path, tmp_path: Path) -> None:
@@ -987,3 +988,19 @@ def test_the_probe_of_another_filesystem_leaves_nothing(tmp_path: Path) -> None:
     FsspecFile(fs, "out/.probe.dcm").probe()
     assert memory.find(root) == []
     memory.rm(root, recursive=True)
+
+
+def test_dask_partitions_stop_at_their_own_run_of_destination_errors() -> None:
+    import aiodicom.dask
+
+    items = []
+    for number in range(50):
+        ds = datasets.ct_slice(8, 8)
+        ds.SOPInstanceUID = f"1.2.3.{number}"
+        items.append(ds)
+    count = [0]
+    report = aiodicom.dask.export(
+        items, lambda name: _Full(name, count, False), partition_size=25, concurrency=1
+    )
+    assert report.failed == 40  # 20 per partition
+    assert report.stopped_early

@@ -107,8 +107,9 @@ async def dcmwrite(
         a :class:`~aiodicom.sinks.Sink` / :class:`~aiodicom.sinks.AsyncSink`.
     dataset : pydicom.dataset.Dataset
         The dataset to encode.
-    write_like_original : bool, optional
-        Deprecated, as in pydicom: use `enforce_file_format`.
+    write_like_original : bool, default None
+        Deprecated, as in pydicom: use `enforce_file_format`.  Positional (after
+        `dataset`) or keyword, as in pydicom.
     implicit_vr : bool, optional
         As :func:`pydicom.dcmwrite`.
     little_endian : bool, optional
@@ -117,7 +118,7 @@ async def dcmwrite(
         As :func:`pydicom.dcmwrite`: write the DICOM File Format or raise.
     force_encoding : bool, optional
         As :func:`pydicom.dcmwrite`.
-    exist_ok : bool, optional
+    exist_ok : bool, default True
         If ``False``, raise :class:`FileExistsError` if the destination exists.
         Enforced atomically by the sink (of racing writers exactly one wins).
         Ignored for file objects and buffers, as in pydicom.  ``overwrite=`` is

@@ -254,7 +254,11 @@ def _check_protocols(url: str) -> None:
             fsspec.get_filesystem_class(protocol)
         except (ValueError, ImportError) as exc:
             extra = _EXTRAS.get(protocol)
-            hint = f" (pip install 'aiodicom[{extra}]')" if extra and "nstall" in str(exc) else ""
+            hint = (
+                f" (install aiodicom's {extra!r} extra: pip install '.[{extra}]' in a checkout)"
+                if extra and "nstall" in str(exc)
+                else ""
+            )
             raise ValueError(f"cannot write to {url!r}: {exc}{hint}") from None
 
 

@@ -274,12 +274,12 @@ def _add_dask_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dask-scheduler",
         metavar="ADDRESS",
-        help="run on an existing Dask cluster (tcp://host:8786); needs aiodicom[dask]",
+        help="run on an existing Dask cluster (tcp://host:8786); needs the dask extra",
     )
     group.add_argument(
         "--dask",
         action="store_true",
-        help="run on a local Dask cluster of worker processes; needs aiodicom[dask]",
+        help="run on a local Dask cluster of worker processes; needs the dask extra",
     )
 
 
@@ -397,8 +397,8 @@ def check_dask(scheduler: str | None) -> None:
         from ..dask import run_on_dask  # noqa: F401
     except ImportError as exc:
         raise UsageError(
-            f"--dask and --dask-scheduler need the dask extra ({_one_line(exc)}): "
-            "pip install 'aiodicom[dask]'"
+            f"--dask and --dask-scheduler need aiodicom's 'dask' extra ({_one_line(exc)}): "
+            "pip install '.[dask]' in a checkout"
         ) from None
     if scheduler is None:
         return

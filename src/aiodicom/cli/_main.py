@@ -91,7 +91,8 @@ def _dask_client(address: str | None) -> Iterator[Any]:
         import distributed
     except ImportError:
         raise UsageError(
-            "--dask and --dask-scheduler need: pip install 'aiodicom[dask]'"
+            "--dask and --dask-scheduler need aiodicom's 'dask' extra: "
+            "pip install '.[dask]' in a checkout"
         ) from None
     Client: Any = distributed.Client  # untyped in distributed
     LocalCluster: Any = distributed.LocalCluster

@@ -103,8 +103,7 @@ def export_partition(items: Iterable[Any], job: Job) -> PartitionOutcome:
     except DestinationError as exc:  # a run of destination errors stopped it
         if exc.report is None:
             raise
-        report = exc.report
-        stop_flag(job.stop_token).set()  # the destination is down: start no more here
+        report = exc.report  # stopped_early; other partitions count their own
     if options.fail_fast and report.failed:
         stop_flag(job.stop_token).set()  # other partitions in this process do not start
     return PartitionOutcome(

@@ -100,7 +100,8 @@ def _httpx() -> Any:
         import httpx
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "DICOMweb destinations need httpx: pip install 'aiodicom[dicomweb]'"
+            "DICOMweb destinations need httpx: install aiodicom's 'dicomweb' extra "
+            "(pip install '.[dicomweb]' in a checkout)"
         ) from exc
     return httpx
 

@@ -1,0 +1,84 @@
+"""The README's test command on a machine without its prerequisites: the install
+steps stop with a message naming what is missing (not a failing apt-get or npm)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import servers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *programs: str) -> None:
+    """Make `programs` look absent from PATH."""
+    which = shutil.which
+
+    def fake(name: str, *args: Any, **kwargs: Any) -> str | None:
+        return None if name in programs else which(name, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "which", fake)
+
+
+def test_servers_install_names_npm_when_it_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(servers, "NPM", tmp_path / "npm")  # Azurite not installed here
+    monkeypatch.delenv("AIODICOM_AZURITE_BLOB", raising=False)
+    _without(monkeypatch, "npm")
+    with pytest.raises(SystemExit, match=r"npm is missing.*Azurite.*Node\.js"):
+        servers.install()
+    assert not (tmp_path / "npm").exists()
+
+
+class _Session:
+    """What ``_install_validators`` uses of a nox session."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, ...]] = []
+
+    def error(self, message: str) -> None:
+        raise SystemExit(message)
+
+    def run(self, *args: str, **kwargs: Any) -> None:
+        self.ran.append(args)
+
+
+def _noxfile(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The noxfile, loaded with a stand-in for nox (only its decorators run)."""
+    stand_in = types.SimpleNamespace(
+        options=types.SimpleNamespace(),
+        Session=object,
+        session=lambda **kwargs: lambda function: function,
+    )
+    monkeypatch.setitem(sys.modules, "nox", stand_in)
+    spec = importlib.util.spec_from_file_location("_noxfile", ROOT / "noxfile.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("missing", [("apt-get",), ("sudo",)])
+def test_the_validators_step_names_dcmtk_and_dicom3tools(
+    monkeypatch: pytest.MonkeyPatch, missing: tuple[str, ...]
+) -> None:
+    noxfile = _noxfile(monkeypatch)
+    _without(monkeypatch, "dcmdump", "dciodvfy", *missing)
+    if missing == ("sudo",):
+        monkeypatch.setattr(noxfile.os, "geteuid", lambda: 1000)
+    session = _Session()
+    with pytest.raises(SystemExit) as stopped:
+        noxfile._install_validators(session)
+    message = str(stopped.value)
+    assert "dcmdump (DCMTK)" in message
+    assert "dciodvfy (dicom3tools)" in message
+    assert session.ran == []  # no apt-get run that could only fail
