@@ -452,7 +452,7 @@ async def test_export_rejects_before_reading_anything(
 @pytest.mark.parametrize(
     ("destination", "error", "message"),
     [
-        (5, TypeError, r"must be a folder path or an fsspec URL prefix, not int"),
+        (5, TypeError, r"fsspec URL prefix or a callable name -> sink, not int"),
         ("nosuchproto://x", ValueError, r"Protocol not known: nosuchproto"),
         ("a-file", ValueError, r"exists and is not a folder"),
     ],

@@ -907,4 +907,4 @@ def test_aiodicom_imports_without_httpx() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert "pip install 'aiodicom[dicomweb]'" in out
+    assert "install aiodicom's 'dicomweb' extra (pip install '.[dicomweb]' in a checkout)" in out

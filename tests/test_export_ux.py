@@ -830,6 +830,7 @@ def test_dask_options_without_the_extra_or_a_usable_scheduler(
         (["--on-conflict", "rename"], "invalid choice: 'rename'"),
         (["--include", ""], "patterns must be non-empty"),
         (["--report", "/no/such/folder/r.json"], "cannot write the report"),
+        (["--report", "/proc/self/r.json"], "cannot write the report '/proc/self/r.json'"),
         (["--concurrency", "0"], "must be at least 1"),
     ],
 )

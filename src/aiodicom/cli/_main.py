@@ -222,19 +222,21 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         check_report_path(args.report)
     try:
         root.check(dry_run=args.dry_run)  # before any source is read
+        total = count_local(sources, selection_for(root, options))
+        stream = _open_report(args.report)
     except DestinationError as exc:
         raise UsageError(_destination_hint(exc, root)) from None
+    except OSError as exc:  # the report cannot be written there
+        raise UsageError(f"cannot write the report {args.report!r}: {exc.strerror}") from None
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
-    total = count_local(sources, selection_for(root, options))
     quiet = args.quiet
     show: ProgressBar | LogLines | None = None
     if not quiet and not args.dry_run:
         show = (ProgressBar if sys.stderr.isatty() else LogLines)(sys.stderr, verbose=args.verbose)
     # Every finished item is counted here and streamed to --report as it finishes;
     # only failures stay in memory (a million-item export must not grow with it).
-    stream = _open_report(args.report)
     lines = JsonLinesReport(stream) if stream is not None else None
     finished = Tally(total, keep_items=False, on_item=lines.item if lines else None)
     # standard output is the report's with --report -: the plan and summary go aside
