@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -220,16 +221,17 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         check_source(source, options.source_storage_options)
     if args.report:
         check_report_path(args.report)
+    created = _touch_report(args.report)  # can it be written? (an existing one is kept)
     try:
         root.check(dry_run=args.dry_run)  # before any source is read
         total = count_local(sources, selection_for(root, options))
-        stream = _open_report(args.report)
-    except DestinationError as exc:
+    except (DestinationError, KeyboardInterrupt) as exc:
+        if created:
+            os.unlink(args.report)  # nothing to report
+        if isinstance(exc, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
         raise UsageError(_destination_hint(exc, root)) from None
-    except OSError as exc:  # the report cannot be written there
-        raise UsageError(f"cannot write the report {args.report!r}: {exc.strerror}") from None
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    stream = _open_report(args.report)
 
     quiet = args.quiet
     show: ProgressBar | LogLines | None = None
@@ -338,6 +340,20 @@ def _destination_hint(error: DestinationError, root: Root) -> str:
     if isinstance(cause, FileNotFoundError):
         return f"{text} (does the bucket or container exist?)"
     return text
+
+
+def _touch_report(path: str | None) -> bool:
+    """Check that the report file can be written, without changing one that
+    exists; return whether it was created."""
+    if path is None or path == "-":
+        return False
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write the report {path!r}: {exc.strerror}") from None
+    return not existed
 
 
 def _open_report(path: str | None) -> TextIO | None:
