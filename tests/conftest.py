@@ -11,6 +11,8 @@ from tests.servers import (  # noqa: F401 (fixtures, registered by being importe
     gcs_storage_options,
     s3_bucket,
     s3_storage_options,
+    seaweedfs_bucket,
+    seaweedfs_storage_options,
 )
 
 # assert statements in the shared modules report like those of test modules
