@@ -1,4 +1,4 @@
-"""Benchmark entry point: ``python -m benchmarks [write|s3|export|all] [options]``.
+"""Benchmark entry point: ``python -m benchmarks [write|s3|export|checksum|all] [options]``.
 
 ``python -m benchmarks chart`` redraws the chart from the existing results.
 
@@ -24,6 +24,7 @@ SUITES = {
     "export": "benchmarks.bench_export",
     "dask": "benchmarks.bench_dask",
     "soak": "benchmarks.bench_soak",
+    "checksum": "benchmarks.bench_checksum",
 }
 
 

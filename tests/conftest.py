@@ -8,6 +8,8 @@ from tests.servers import (  # noqa: F401 (fixtures, registered by being importe
     azure_container,
     azure_storage_options,
     gcs_bucket,
+    gcs_emulator_bucket,
+    gcs_emulator_storage_options,
     gcs_storage_options,
     s3_bucket,
     s3_storage_options,

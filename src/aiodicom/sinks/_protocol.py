@@ -39,6 +39,16 @@ so a sink you write can opt into each of them:
 ``inline_write_limit``
     Writes of at most this many bytes are cheap enough (a memory copy, no I/O) to
     be done in the event loop instead of a worker thread (default 0: never).
+``checksum``
+    The checksum algorithm of this sink's writes (``"crc32c"``, ``"sha256"``,
+    ``"md5"`` or ``None``), when the sink decides it; without the attribute,
+    :func:`aiodicom.dcmwrite`'s ``checksum=`` decides.
+
+A *writer* may have a ``checksum`` attribute: the :class:`~aiodicom.Checksum` it
+computes over exactly the bytes it sends (``None`` if it computes none), complete
+after ``commit``.  Writers without it get theirs computed by the driver, over the
+chunks it hands them, in the same thread (for an async writer: in the encoding
+thread, never in the event loop).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
+from .._checksum import normalize_algorithm
 from .._core.rules import Chunk
 from .._errors import RetryableError
 
@@ -123,6 +134,10 @@ class Capabilities:
     """Whole-write retries after a :class:`~aiodicom.RetryableError`."""
     inline_write_limit: int
     """Bytes up to which writing in the event loop is cheap."""
+    declares_checksum: bool = False
+    """Whether the sink decides its checksum algorithm (then :attr:`checksum`)."""
+    checksum: str | None = None
+    """The sink's checksum algorithm, if it declares one."""
 
 
 def capabilities(sink: Any) -> Capabilities:
@@ -130,8 +145,11 @@ def capabilities(sink: Any) -> Capabilities:
     check = getattr(sink, "check", None)
     retries = getattr(sink, "retries", 0)
     limit = getattr(sink, "inline_write_limit", _NO_INLINE)
+    declares = hasattr(sink, "checksum")
     return Capabilities(
         check=check if callable(check) else None,
         retries=max(0, int(retries or 0)),
         inline_write_limit=max(0, int(limit or 0)),
+        declares_checksum=declares,
+        checksum=normalize_algorithm(getattr(sink, "checksum", None)) if declares else None,
     )

@@ -9,6 +9,11 @@ file object (``BytesIO``, a regular file opened by the caller, a ``DicomBytesIO`
 gets its old length, position and any bytes that were overwritten back.  An object
 that cannot seek or truncate (a pipe, a socket, ``gzip.GzipFile``) keeps what was
 written before the failure: there is no way to take bytes back from it.
+
+Each sink takes ``checksum=`` (``"crc32c"`` by default, ``"sha256"``, ``"md5"`` or
+``None``): the checksum of the bytes written, computed as they are written (by the
+writer for the synchronous sinks, by the driver in its encoding thread for
+:class:`AsyncFileObject`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import io
 from typing import Any, Final, Protocol
 
+from .._checksum import DEFAULT_ALGORITHM, Checksum, normalize_algorithm
 from .._core.rules import Chunk
 
 __all__ = ["AsyncFileObject", "Bytearray", "FileObject"]
@@ -34,22 +40,30 @@ class Bytearray:
     inline_write_limit = INLINE_WRITE_LIMIT
     """Appending is a memory copy: small writes are done in the event loop."""
 
-    def __init__(self, buffer: bytearray) -> None:
+    def __init__(self, buffer: bytearray, *, checksum: str | None = DEFAULT_ALGORITHM) -> None:
         self.buffer = buffer
+        self.checksum = normalize_algorithm(checksum)
 
     def __repr__(self) -> str:
         return f"Bytearray(<{len(self.buffer)} bytes>)"
 
     def open(self, *, exist_ok: bool) -> _BytearrayWriter:
-        return _BytearrayWriter(self.buffer)
+        return _BytearrayWriter(self.buffer, self.checksum)
+
+
+def _new_checksum(algorithm: str | None) -> Checksum | None:
+    return Checksum(algorithm) if algorithm else None
 
 
 class _BytearrayWriter:
-    def __init__(self, buffer: bytearray) -> None:
+    def __init__(self, buffer: bytearray, checksum: str | None) -> None:
         self._buffer = buffer
         self._length = len(buffer)
+        self.checksum = _new_checksum(checksum)
 
     def write(self, chunk: Chunk, /) -> None:
+        if self.checksum is not None:
+            self.checksum.update(chunk)
         self._buffer += chunk
 
     def commit(self) -> None:
@@ -113,8 +127,9 @@ class FileObject:
     present, a failed write is rolled back (see the module documentation).
     """
 
-    def __init__(self, fileobj: _Writable) -> None:
+    def __init__(self, fileobj: _Writable, *, checksum: str | None = DEFAULT_ALGORITHM) -> None:
         self.fileobj = fileobj
+        self.checksum = normalize_algorithm(checksum)
 
     def __repr__(self) -> str:
         return f"FileObject({self.fileobj!r})"
@@ -126,15 +141,18 @@ class FileObject:
         return INLINE_WRITE_LIMIT if isinstance(self.fileobj, io.BytesIO) else 0
 
     def open(self, *, exist_ok: bool) -> _FileObjectWriter:
-        return _FileObjectWriter(self.fileobj)
+        return _FileObjectWriter(self.fileobj, self.checksum)
 
 
 class _FileObjectWriter:
-    def __init__(self, fileobj: Any) -> None:
+    def __init__(self, fileobj: Any, checksum: str | None) -> None:
         self._file = fileobj
         self._snapshot = _snapshot(fileobj)
+        self.checksum = _new_checksum(checksum)
 
     def write(self, chunk: Chunk, /) -> None:
+        if self.checksum is not None:
+            self.checksum.update(chunk)
         written = self._file.write(chunk)
         if isinstance(written, int) and 0 <= written < len(memoryview(chunk).cast("B")):
             # raw (unbuffered) objects may write part of it
@@ -155,8 +173,9 @@ class AsyncFileObject:
     anything whose ``write`` is a coroutine function.  Rolled back like
     :class:`FileObject` when it has ``seek``, ``tell`` and ``truncate``."""
 
-    def __init__(self, fileobj: Any) -> None:
+    def __init__(self, fileobj: Any, *, checksum: str | None = DEFAULT_ALGORITHM) -> None:
         self.fileobj = fileobj
+        self.checksum = normalize_algorithm(checksum)
 
     def __repr__(self) -> str:
         return f"AsyncFileObject({self.fileobj!r})"
@@ -168,6 +187,9 @@ class AsyncFileObject:
 
 
 class _AsyncFileObjectWriter:
+    # no ``checksum`` attribute: the driver computes it in the encoding thread,
+    # off the event loop, with this sink's algorithm
+
     def __init__(self, fileobj: Any) -> None:
         self._file = fileobj
         self._position: int | None = None
