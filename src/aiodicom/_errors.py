@@ -155,18 +155,7 @@ class ChecksumMismatchError(OSError):
         return str(self.strerror)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        state = (self.destination, self.algorithm, self.expected, self.actual, self.part)
-        return (_rebuild_mismatch, (*state, self.strerror))
-
-
-def _rebuild_mismatch(
-    destination: str,
-    algorithm: str,
-    expected: str,
-    actual: str | None,
-    part: int | None,
-    message: str,
-) -> ChecksumMismatchError:
-    error = ChecksumMismatchError(destination, algorithm, expected, actual, part=part)
-    error.strerror = message
-    return error
+        # by the public class (no private helper in the pickle), then the rest
+        arguments = (self.destination, self.algorithm, self.expected, self.actual)
+        state = {"part": self.part, "strerror": self.strerror, "args": self.args}
+        return (type(self), arguments, state)
