@@ -9,10 +9,12 @@ underscore are private.  The layers, one direction::
 
 from __future__ import annotations
 
+from ._checksum import Checksum
 from ._core import EncodePlan, prepare
-from ._driver import dcmwrite
+from ._driver import WriteResult, dcmwrite
 from ._errors import (
     DicomWebError,
+    ChecksumMismatchError,
     DuplicateDestinationError,
     NamingError,
     PartitionError,
@@ -38,6 +40,8 @@ __all__ = [
     "AsyncSink",
     "AsyncWriter",
     "DicomWebError",
+    "Checksum",
+    "ChecksumMismatchError",
     "DuplicateDestinationError",
     "EncodePlan",
     "ExportOptions",
@@ -52,6 +56,7 @@ __all__ = [
     "Status",
     "Template",
     "TemplateError",
+    "WriteResult",
     "Writer",
     "__version__",
     "dcmwrite",

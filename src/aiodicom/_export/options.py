@@ -13,6 +13,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from .._checksum import DEFAULT_ALGORITHM, normalize_algorithm
 from .naming import DEFAULT_TEMPLATE, Template
 
 __all__ = ["ExportOptions", "check_positive"]
@@ -36,7 +37,8 @@ class ExportOptions:
     TemplateError
         If `template` is unusable.
     ValueError
-        If `concurrency` is not a positive integer.
+        If `concurrency` is not a positive integer, `checksum` is unknown, or
+        `verify` is asked for without a checksum.
     """
 
     template: Template = field(default_factory=lambda: Template(DEFAULT_TEMPLATE))
@@ -51,11 +53,18 @@ class ExportOptions:
     dry_run: bool = False
     fail_fast: bool = False
     workers: int | None = None
+    checksum: str | None = DEFAULT_ALGORITHM
+    verify: bool = False
 
     def __post_init__(self) -> None:
         check_positive("concurrency", self.concurrency)
         if self.workers is not None:
             check_positive("workers", self.workers)
+        object.__setattr__(self, "checksum", normalize_algorithm(self.checksum))
+        if self.verify and self.checksum is None:
+            raise ValueError("verify=True needs a checksum (not checksum=None)")
+        if self.upload_options and "checksum" in self.upload_options:
+            raise ValueError("give the checksum as checksum=, not in upload_options")
         template: str | Callable[[Dataset], Any] | Template = self.template
         if not isinstance(template, Template):
             object.__setattr__(self, "template", Template(template))

@@ -21,6 +21,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydicom.dataset import Dataset
 
+from .._checksum import Checksum
 from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
 from .destination import CountingAsyncSink, CountingSink, Root
 from .naming import DEFAULT_TEMPLATE, Template
@@ -67,6 +68,8 @@ async def export(
     workers: int | None = None,
     report: str | os.PathLike[str] | None = None,
     keep_items: bool = True,
+    checksum: str | None = "crc32c",
+    verify: bool = False,
 ) -> ExportReport:
     """Export many DICOM datasets to a folder or an fsspec URL prefix.
 
@@ -152,6 +155,18 @@ async def export(
         If ``False``, the returned report's ``items`` holds only the failed
         items (its counts and bytes still cover all), so memory does not grow
         with the number of items; pair it with `report`.  Default ``True``.
+    checksum : {"crc32c", "sha256", "md5"} or None, optional
+        The checksum each write computes while streaming and sends to the store
+        to check (default ``"crc32c"``; ``None`` or ``"none"``: none), as
+        :func:`aiodicom.dcmwrite`.  Each :class:`ItemResult` (and the report)
+        carries it.
+    verify : bool, optional
+        After each write, read back what is stored: the checksum the store keeps
+        where it computed one of this algorithm (S3's full-object CRC32C or
+        single-request SHA-256, GCS's CRC32C / MD5), the bytes otherwise (local
+        files, Azure, memory).  A mismatch fails the item with
+        :class:`~aiodicom.ChecksumMismatchError` (the stored object is left as it
+        is).  Costs a request or a read per item.  Default ``False``.
 
     Returns
     -------
@@ -359,7 +374,11 @@ class Run:
             )
             destination = name
             await self.claim(name)
-            status, count, reason = await self._write(source, dataset, name, written)
+            status, count, reason, checksum = await self._write(source, dataset, name, written)
+            verified = False
+            if self.options.verify and checksum is not None:
+                await anyio.to_thread.run_sync(self.root.verify, name, checksum)
+                verified = True
         except anyio.get_cancelled_exc_class():
             if written and written[0].committed:
                 self._record_now(
@@ -369,6 +388,7 @@ class Run:
                         Status.WRITTEN,
                         written[0].count,
                         time.perf_counter() - start,
+                        checksum=written[0].written_checksum,
                     )
                 )
             raise
@@ -378,7 +398,14 @@ class Run:
                 source.label, destination, Status.FAILED, 0, time.perf_counter() - start, exc
             )
         return ItemResult(
-            source.label, destination, status, count, time.perf_counter() - start, reason
+            source.label,
+            destination,
+            status,
+            count,
+            time.perf_counter() - start,
+            reason,
+            checksum,
+            verified,
         )
 
     def name_blocking(self, source: Source) -> Named | ItemResult:
@@ -404,14 +431,27 @@ class Run:
         try:
             if refused is not None:
                 raise refused
-            status, count, reason = self._write_blocking(source, named.dataset, name, check)
+            status, count, reason, checksum = self._write_blocking(
+                source, named.dataset, name, check
+            )
+            verified = False
+            if self.options.verify and checksum is not None:
+                self.root.verify(name, checksum)
+                verified = True
         except Exception as exc:
             logger.debug("export of %s failed", source.label, exc_info=True)
             return ItemResult(
                 source.label, name, Status.FAILED, 0, time.perf_counter() - named.started, exc
             )
         return ItemResult(
-            source.label, name, status, count, time.perf_counter() - named.started, reason
+            source.label,
+            name,
+            status,
+            count,
+            time.perf_counter() - named.started,
+            reason,
+            checksum,
+            verified,
         )
 
     def _write_blocking(
@@ -420,34 +460,35 @@ class Run:
         dataset: Dataset | None,
         destination: str,
         check: Callable[[], None],
-    ) -> tuple[Status, int, BaseException | None]:
+    ) -> _Outcome:
         if self.dry_run:
             if not self.exist_ok and self.root.exists(destination):
                 exists = FileExistsError(f"{destination!r} exists")
                 if self.skip_existing:
-                    return Status.SKIPPED, 0, exists
+                    return Status.SKIPPED, 0, exists, None
                 raise exists
-            return Status.PLANNED, 0, None
+            return Status.PLANNED, 0, None, None
         if dataset is None:
             dataset = self._read_if_new(source, destination)
             if dataset is None:
-                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
-        sink = self.root.sink(destination)
+                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists"), None
+        sink = self.root.sink(destination, self.options.checksum)
         if not isinstance(sink, CountingSink):
             raise TypeError(f"{destination!r} needs an async sink: export it in the event loop")
         try:
-            write_in_this_thread(
+            written = write_in_this_thread(
                 sink,
                 dataset,
                 exist_ok=self.exist_ok,
                 enforce_file_format=self.enforce_file_format,
                 check=check,
+                checksum=self.options.checksum,
             )
         except FileExistsError as exc:
             if not self.skip_existing:
                 raise
-            return Status.SKIPPED, 0, exc
-        return Status.WRITTEN, sink.count, None
+            return Status.SKIPPED, 0, exc, None
+        return Status.WRITTEN, sink.count, None, written.checksum
 
     async def _claim_here(self, name: str) -> None:
         self.taken.claim(name)
@@ -470,24 +511,24 @@ class Run:
         dataset: Dataset | None,
         destination: str,
         written: list[CountingSink | CountingAsyncSink],
-    ) -> tuple[Status, int, BaseException | None]:
+    ) -> _Outcome:
         if self.dry_run:
             if not self.exist_ok and await anyio.to_thread.run_sync(self.root.exists, destination):
                 exists = FileExistsError(f"{destination!r} exists")
                 if self.skip_existing:
-                    return Status.SKIPPED, 0, exists
+                    return Status.SKIPPED, 0, exists, None
                 raise exists
-            return Status.PLANNED, 0, None
+            return Status.PLANNED, 0, None, None
         if dataset is None:
             dataset = await anyio.to_thread.run_sync(
                 self._read_if_new, source, destination, abandon_on_cancel=True
             )
             if dataset is None:
-                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists")
-        sink = self.root.sink(destination)
+                return Status.SKIPPED, 0, FileExistsError(f"{destination!r} exists"), None
+        sink = self.root.sink(destination, self.options.checksum)
         written.append(sink)
         try:
-            await dcmwrite(
+            result = await dcmwrite(
                 sink,
                 dataset,
                 exist_ok=self.exist_ok,
@@ -496,8 +537,8 @@ class Run:
         except FileExistsError as exc:
             if not self.skip_existing:
                 raise
-            return Status.SKIPPED, 0, exc
-        return Status.WRITTEN, sink.count, None
+            return Status.SKIPPED, 0, exc, None
+        return Status.WRITTEN, sink.count, None, result.checksum
 
     def _read_if_new(self, source: Source, destination: str) -> Dataset | None:
         """In a worker thread: ``None`` if `destination` exists, else the full dataset."""
@@ -539,6 +580,10 @@ class Run:
     def _stop(self) -> None:
         assert self.cancel_scope is not None
         self.cancel_scope.cancel()
+
+
+_Outcome = tuple[Status, int, BaseException | None, Checksum | None]
+"""What writing one item came to: status, bytes, why (skipped), checksum."""
 
 
 def _unless_abandoned() -> None:

@@ -174,6 +174,8 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         template = Template(args.template)
     except TemplateError as exc:
         raise UsageError(str(exc)) from None
+    if args.verify and args.checksum == "none":
+        raise UsageError("--verify needs a checksum (not --checksum none)")
     # the same options for one process and for Dask
     options = ExportOptions(
         template=template,
@@ -187,6 +189,8 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         dry_run=args.dry_run,
         fail_fast=args.fail_fast,
         workers=args.workers,
+        checksum=None if args.checksum == "none" else args.checksum,
+        verify=args.verify,
     )
     try:
         root = Root.parse(destination, options.storage_options)

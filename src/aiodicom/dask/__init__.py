@@ -70,6 +70,8 @@ def export(
     fail_fast: bool = False,
     progress: Callable[[ExportProgress], object] | None = None,
     backend: str = "asyncio",
+    checksum: str | None = "crc32c",
+    verify: bool = False,
 ) -> ExportReport:
     """Export many DICOM datasets on a Dask cluster; one report for all.
 
@@ -121,6 +123,9 @@ def export(
         per item, as the partitions come back (so in bursts).
     backend : {"asyncio", "trio"}, optional
         The event loop each task runs (default ``"asyncio"``).
+    checksum, verify
+        As for :func:`aiodicom.export` (computed, sent and checked on the
+        workers; the checksums come back in the items).
 
     Returns
     -------
