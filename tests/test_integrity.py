@@ -43,6 +43,7 @@ from aiodicom.sinks._stores.gcs import GCSStore
 from aiodicom.sinks._stores.s3 import S3Store
 from aiodicom.sinks.fsspec import FsspecFile
 from tests.datasets import ct_slice, multiframe
+from tests.helpers import read_report
 
 pytestmark = pytest.mark.anyio
 
@@ -603,7 +604,7 @@ def test_cli_checksum_and_verify_in_the_report(tmp_path: Path) -> None:
         ]
     )
     assert status == 0
-    (entry,) = json.loads(report_path.read_text())["items"]
+    _, (entry,) = read_report(report_path)
     written = Path(entry["destination"]).read_bytes()
     assert entry["checksum_algorithm"] == "sha256"
     assert entry["checksum"] == hashlib.sha256(written).hexdigest()
@@ -622,7 +623,7 @@ def test_cli_checksum_and_verify_in_the_report(tmp_path: Path) -> None:
         ]
     )
     assert status == 0
-    (entry,) = json.loads(report_path.read_text())["items"]
+    _, (entry,) = read_report(report_path)
     assert entry["checksum"] is None
     assert entry["checksum_algorithm"] is None
     assert (

@@ -13,8 +13,8 @@ from ._checksum import Checksum
 from ._core import EncodePlan, prepare
 from ._driver import WriteResult, dcmwrite
 from ._errors import (
-    DicomWebError,
     ChecksumMismatchError,
+    DicomWebError,
     DuplicateDestinationError,
     NamingError,
     PartitionError,

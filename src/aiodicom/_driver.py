@@ -251,12 +251,17 @@ async def dcmwrite(
 
 
 def _describe(sink: Any) -> str:
-    """The destination as the result names it: a URL, a path, or the sink's repr."""
-    for name in ("url", "path"):
-        value = getattr(sink, name, None)
-        if isinstance(value, str):
-            return value
-    return repr(sink)
+    """The destination as the result names it: a URL, a path, or the sink's repr
+    (through wrappers that keep the sink they wrap as ``inner``)."""
+    while True:
+        for name in ("url", "path"):
+            value = getattr(sink, name, None)
+            if isinstance(value, str):
+                return value
+        inner = getattr(sink, "inner", None)
+        if inner is None:
+            return repr(sink)
+        sink = inner
 
 
 _Written = tuple[int, Checksum | None]  # bytes, checksum
