@@ -1,4 +1,4 @@
-"""Benchmark entry point: ``python -m benchmarks [write|s3|export|all] [options]``.
+"""Benchmark entry point: ``python -m benchmarks [write|s3|export|checksum|all] [options]``.
 
 ``python -m benchmarks chart`` redraws the chart from the existing results.
 
@@ -25,6 +25,7 @@ SUITES = {
     "dask": "benchmarks.bench_dask",
     "soak": "benchmarks.bench_soak",
     "dicomweb": "benchmarks.bench_dicomweb",
+    "checksum": "benchmarks.bench_checksum",
 }
 
 

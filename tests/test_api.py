@@ -24,6 +24,8 @@ PUBLIC = {
         "DEFAULT_TEMPLATE",
         "AsyncSink",
         "AsyncWriter",
+        "Checksum",
+        "ChecksumMismatchError",
         "DestinationError",
         "DicomWebError",
         "DuplicateDestinationError",
@@ -42,6 +44,7 @@ PUBLIC = {
         "Template",
         "TemplateError",
         "TransformError",
+        "WriteResult",
         "Writer",
         "__version__",
         "dcmwrite",
@@ -73,6 +76,7 @@ PUBLIC = {
 }
 
 PUBLIC_EXCEPTIONS = {
+    "ChecksumMismatchError",
     "DestinationError",
     "DicomWebError",
     "DuplicateDestinationError",
@@ -171,7 +175,9 @@ def test_every_exception_class_is_public_or_known_private() -> None:
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_exceptions_pickle_by_their_public_path(name: str, protocol: int) -> None:
     cls = getattr(aiodicom, name)
-    if issubclass(cls, OSError):
+    if cls is aiodicom.ChecksumMismatchError:
+        error = cls("out/1.dcm", "crc32c", "AAAAAA==", "AAAAAQ==", part=2)
+    elif issubclass(cls, OSError):
         error = cls(errno.EEXIST, "File exists", "out/1.dcm")
     else:
         error = cls("what went wrong")
@@ -182,7 +188,10 @@ def test_exceptions_pickle_by_their_public_path(name: str, protocol: int) -> Non
     assert type(loaded) is cls
     assert loaded.args == error.args
     assert str(loaded) == str(error)
-    if isinstance(error, OSError):
+    if isinstance(error, aiodicom.ChecksumMismatchError):
+        assert (loaded.errno, loaded.filename) == (errno.EIO, "out/1.dcm")
+        assert (loaded.expected, loaded.actual, loaded.part) == ("AAAAAA==", "AAAAAQ==", 2)
+    elif isinstance(error, OSError):
         assert (loaded.errno, loaded.filename) == (errno.EEXIST, "out/1.dcm")
 
 

@@ -321,14 +321,16 @@ async def test_a_lost_gcs_session_starts_the_upload_over(
     original = GCSStore.upload_part
     lost: list[int] = []
 
-    async def lose_the_session_once(self: GCSStore, number: int, offset: int, data: bytes) -> Any:
+    async def lose_the_session_once(
+        self: GCSStore, number: int, offset: int, data: bytes, *rest: Any
+    ) -> Any:
         if number == 2 and not lost:
             # the session expires: the server no longer knows its upload id
             lost.append(number)
             location = self.location
             assert location is not None
             self.location = re.sub(r"upload_id=[^&]+", "upload_id=expired", location)
-        return await original(self, number, offset, data)
+        return await original(self, number, offset, data, *rest)
 
     monkeypatch.setattr(GCSStore, "upload_part", lose_the_session_once)
     ds = datasets.multiframe(2 * 1024 * 1024)

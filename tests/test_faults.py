@@ -786,12 +786,13 @@ async def test_cancelled_while_taking_the_inline_lock_encodes_nothing(
     assert caught >= 1
 
 
-async def test_azure_failed_block_upload_leaves_only_uncommitted_blocks(
+async def test_azure_failed_block_upload_leaves_no_blocks_behind(
     azure_container: str, azure_storage_options: dict[str, Any]
 ) -> None:
-    """What docs/guarantees.md says of Azure: after a failed block upload the blob
-    is neither readable nor listed; only its uncommitted blocks remain (Azure has
-    no call to drop them; the service does, at the latest after a week)."""
+    """What docs/guarantees.md says of Azure: after a failed block upload of a new
+    blob, the blob is neither readable nor listed, and its uncommitted blocks are
+    deleted with it (no uncommitted blob is listed either)."""
+    from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import BlobServiceClient
 
     target = FsspecTarget("az", azure_container, azure_storage_options, PART["az"])
@@ -802,5 +803,6 @@ async def test_azure_failed_block_upload_leaves_only_uncommitted_blocks(
     service = BlobServiceClient.from_connection_string(azure_storage_options["connection_string"])
     container = service.get_container_client(target.base)
     assert [b.name for b in container.list_blobs()] == []
-    uncommitted = container.get_blob_client(target.key).get_block_list("uncommitted")[1]
-    assert uncommitted  # there, but invisible
+    assert [b.name for b in container.list_blobs(include=["uncommittedblobs"])] == []
+    with pytest.raises(ResourceNotFoundError):
+        container.get_blob_client(target.key).get_block_list("uncommitted")

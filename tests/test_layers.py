@@ -6,7 +6,8 @@
   calls ``open()``.
 * The layers import only downward::
 
-      _core -> (_errors, _retry, _version) -> sinks -> _driver -> _export -> dask -> cli
+      _core -> (_checksum, _errors, _retry, _version) -> sinks -> _driver -> _export
+      -> dask -> cli
 
   ``aiodicom/__init__.py`` (and ``__main__``) re-export from all of them.
 """
@@ -84,10 +85,10 @@ FORBIDDEN_CALLS = {"open", "__import__"}
 
 # Bottom-up: a module may import aiodicom modules of its own rank or below, with
 # two exceptions: the core imports only the core, and the leaf utilities
-# (errors, retry policy, version) import nothing of aiodicom but themselves.
+# (checksums, errors, retry policy, version) import nothing of aiodicom but themselves.
 RANKS: list[tuple[str, ...]] = [
     ("aiodicom._core",),
-    ("aiodicom._errors", "aiodicom._retry", "aiodicom._version"),
+    ("aiodicom._checksum", "aiodicom._errors", "aiodicom._retry", "aiodicom._version"),
     ("aiodicom.sinks",),
     ("aiodicom._driver",),
     ("aiodicom._export",),

@@ -33,8 +33,11 @@ def test_servers_install_names_npm_when_it_is_missing(
     monkeypatch.setattr(servers, "NPM", tmp_path / "npm")  # Azurite not installed here
     monkeypatch.delenv("AIODICOM_AZURITE_BLOB", raising=False)
     _without(monkeypatch, "npm")
+    ran: list[list[str]] = []  # the steps before (venv, pip) are not this test's
+    monkeypatch.setattr(servers.subprocess, "run", lambda argv, **kwargs: ran.append(argv))
     with pytest.raises(SystemExit, match=r"npm is missing.*Azurite.*Node\.js"):
         servers.install()
+    assert not any("npm" in str(argv[0]) for argv in ran)
     assert not (tmp_path / "npm").exists()
 
 

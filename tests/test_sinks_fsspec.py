@@ -305,11 +305,11 @@ async def test_transient_part_failure_is_retried(remote: Remote) -> None:
         store = writer._store  # type: ignore[attr-defined]
         real = store.upload_part
 
-        async def flaky(number: int, offset: int, data: bytearray) -> Any:
+        async def flaky(number: int, offset: int, data: bytearray, *sums: Any) -> Any:
             if number == 2 and not failures:
                 failures.append(number)
                 raise ConnectionResetError("connection reset by peer")
-            return await real(number, offset, data)
+            return await real(number, offset, data, *sums)
 
         store.upload_part = flaky
         for start in range(0, len(data), step):

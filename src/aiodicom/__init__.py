@@ -9,9 +9,11 @@ underscore are private.  The layers, one direction::
 
 from __future__ import annotations
 
+from ._checksum import Checksum
 from ._core import EncodePlan, prepare
-from ._driver import dcmwrite
+from ._driver import WriteResult, dcmwrite
 from ._errors import (
+    ChecksumMismatchError,
     DestinationError,
     DicomWebError,
     DuplicateDestinationError,
@@ -40,6 +42,8 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "AsyncSink",
     "AsyncWriter",
+    "Checksum",
+    "ChecksumMismatchError",
     "DestinationError",
     "DicomWebError",
     "DuplicateDestinationError",
@@ -58,6 +62,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "TransformError",
+    "WriteResult",
     "Writer",
     "__version__",
     "dcmwrite",

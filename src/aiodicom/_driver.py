@@ -37,7 +37,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from contextlib import asynccontextmanager, closing, contextmanager
 from contextvars import ContextVar
-from typing import Any, Final, cast
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
 
 import anyio
 import anyio.from_thread
@@ -49,14 +50,47 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomIO
 from pydicom.misc import warn_and_log
 
+from ._checksum import DEFAULT_ALGORITHM, Checksum, normalize_algorithm
 from ._core import Chunk, EncodePlan, is_light, prepare
 from ._errors import RetryableError
 from ._retry import RetryPolicy
 from .sinks import AsyncSink, Capabilities, Sink, Writer, capabilities, resolve
 
-__all__ = ["dcmwrite"]
+__all__ = ["WriteResult", "dcmwrite"]
 
 logger = logging.getLogger("aiodicom")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What :func:`aiodicom.dcmwrite` wrote.
+
+    Attributes
+    ----------
+    destination : str
+        The path or URL written (for a buffer, file object or sink of your own:
+        its ``repr``).
+    bytes : int
+        How many bytes were written.
+    checksum : Checksum or None
+        The checksum of exactly those bytes, computed while they were written
+        (``None`` with ``checksum=None``).  For an object store it is the checksum
+        the store was given to check (see "Integrity" in the guarantees).
+    """
+
+    destination: str
+    bytes: int
+    checksum: Checksum | None
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return repr(DEFAULT_ALGORITHM)
+
+
+_CHECKSUM_DEFAULT: Final = cast(str, _Unset())
 
 
 class _DefaultTrue:
@@ -84,8 +118,9 @@ async def dcmwrite(
     force_encoding: bool = False,
     exist_ok: bool = _EXIST_OK_DEFAULT,
     storage_options: dict[str, Any] | None = None,
+    checksum: str | None = _CHECKSUM_DEFAULT,
     **kwargs: Any,
-) -> None:
+) -> WriteResult:
     """Write `dataset` to `destination` without blocking the event loop.
 
     The async twin of :func:`pydicom.dcmwrite`: the same arguments with the same
@@ -126,15 +161,31 @@ async def dcmwrite(
     storage_options : dict, optional
         Options for the fsspec filesystem of a URL destination (credentials,
         endpoint...), as in pandas.
+    checksum : {"crc32c", "sha256", "md5"} or None, optional
+        The checksum computed over the bytes as they are written (default
+        ``"crc32c"``; ``None`` or ``"none"``: none).  Object stores are sent it
+        (and the checksums they check) so that they refuse bytes that differ.
+        A sink you pass keeps its own setting (giving a different one here is an
+        error).
+
+    Returns
+    -------
+    WriteResult
+        The destination, the bytes written and their checksum.
+        (:func:`pydicom.dcmwrite` returns ``None``.)
 
     Raises
     ------
     TypeError
         For an unusable destination or unknown keyword arguments.
     ValueError
-        For datasets and options that pydicom rejects, with pydicom's message.
+        For datasets and options that pydicom rejects, with pydicom's message; for
+        an unknown `checksum`.
     FileExistsError
         If `exist_ok` is ``False`` and the destination exists.
+    ChecksumMismatchError
+        If the store received other bytes than were checksummed (nothing is
+        published).
     """
     if "overwrite" in kwargs:
         overwrite = kwargs.pop("overwrite")
@@ -147,8 +198,11 @@ async def dcmwrite(
     enforce_file_format = _check_arguments(__write_like_original, enforce_file_format, kwargs)
 
     exist_ok = bool(exist_ok)
+    algorithm: str | None = normalize_algorithm(
+        DEFAULT_ALGORITHM if checksum is _CHECKSUM_DEFAULT else checksum
+    )
     try:
-        sink: Sink | AsyncSink | None = resolve(destination, storage_options)
+        sink: Sink | AsyncSink | None = resolve(destination, storage_options, checksum=algorithm)
         bad_destination: Exception | None = None
     except (TypeError, ValueError) as exc:
         sink, bad_destination = None, exc
@@ -158,6 +212,13 @@ async def dcmwrite(
         # read now: a file object's position (and so its capabilities) is where
         # the previous write left it
         able = capabilities(sink)
+        if able.declares_checksum:
+            if checksum is not _CHECKSUM_DEFAULT and able.checksum != algorithm:
+                raise ValueError(
+                    f"dcmwrite(checksum={checksum!r}) differs from the sink's own "
+                    f"checksum={able.checksum!r}: set it on the sink"
+                )
+            algorithm = able.checksum
 
         def plan() -> EncodePlan:
             def on_open(encoding: tuple[bool, bool]) -> None:
@@ -179,11 +240,32 @@ async def dcmwrite(
             )
 
         if isinstance(sink, Sink):
-            await _retrying(able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, able))
-        else:
-            await _retrying(
-                able.retries, lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok)
+            written = await _retrying(
+                able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, able, algorithm)
             )
+        else:
+            written = await _retrying(
+                able.retries,
+                lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok, algorithm),
+            )
+    return WriteResult(_describe(sink), *written)
+
+
+def _describe(sink: Any) -> str:
+    """The destination as the result names it: a URL, a path, or the sink's repr
+    (through wrappers that keep the sink they wrap as ``inner``)."""
+    while True:
+        for name in ("url", "path"):
+            value = getattr(sink, name, None)
+            if isinstance(value, str):
+                return value
+        inner = getattr(sink, "inner", None)
+        if inner is None:
+            return repr(sink)
+        sink = inner
+
+
+_Written = tuple[int, Checksum | None]  # bytes, checksum
 
 
 def _caller_owned(destination: Any, sink: Sink | AsyncSink | None) -> Any:
@@ -232,18 +314,16 @@ async def _to_sink(
     plan: Callable[[], EncodePlan],
     exist_ok: bool,
     able: Capabilities,
-) -> None:
+    algorithm: str | None,
+) -> _Written:
     """One attempt at a write to a synchronous sink."""
     if not _ENCODE_INLINE.get() or not is_light(dataset):
-        await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
-        return
+        return await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok, algorithm)
     if able.inline_write_limit:
-        await _write_inline(sink, plan, exist_ok, able.inline_write_limit)
-        return
+        return await _write_inline(sink, plan, exist_ok, able.inline_write_limit, algorithm)
     if not able.encode_ahead:
         # encoded as it is written, in the thread: a refused first write stops it
-        await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok)
-        return
+        return await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok, algorithm)
     # Light: encode right here (a millisecond or two, and no thread
     # competing with the loop for the GIL); only the sink's I/O goes to a thread.
     # One inline encode per loop turn: many writes started at once must not
@@ -253,28 +333,31 @@ async def _to_sink(
         # (anyio's fast path is shielded): do not encode for nothing
         await anyio.lowlevel.checkpoint_if_cancelled()
         chunks = list(plan().chunks())
-    await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok)
+    return await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok, algorithm)
 
 
 async def _write_inline(
-    sink: Sink, plan: Callable[[], EncodePlan], exist_ok: bool, limit: int
-) -> None:
+    sink: Sink, plan: Callable[[], EncodePlan], exist_ok: bool, limit: int, algorithm: str | None
+) -> _Written:
     """Encode a light dataset and write it to a cheap sink in the event loop, each
     chunk as it is encoded, up to `limit` bytes; a worker thread does the rest."""
     async with _inline_lock():
         await anyio.lowlevel.checkpoint_if_cancelled()  # see _to_sink
         encoded = plan()
         writer = sink.open(exist_ok=exist_ok)
+        own = _own_checksum(writer, algorithm)
         chunks = encoded.chunks()
         rest: Iterator[Chunk] | None = None
+        size = 0
         try:
-            total = 0
             for chunk in chunks:
-                total += len(memoryview(chunk))
-                if total > limit:
+                if size + len(memoryview(chunk)) > limit:
                     rest = itertools.chain((chunk,), chunks)
                     break
                 writer.write(chunk)
+                size += memoryview(chunk).nbytes
+                if own is not None:
+                    own.update(chunk)
             else:
                 writer.commit()
         except BaseException:
@@ -283,23 +366,30 @@ async def _write_inline(
             raise
         if rest is None:
             chunks.close()
-            return
-    await _finish_in_thread(writer, rest, chunks)
+            return size, own if own is not None else getattr(writer, "checksum", None)
+    return await _finish_in_thread(writer, rest, chunks, size, own)
 
 
 async def _finish_in_thread(
-    writer: Writer, rest: Iterator[Chunk], chunks: Generator[Chunk, None, None]
-) -> None:
+    writer: Writer,
+    rest: Iterator[Chunk],
+    chunks: Generator[Chunk, None, None],
+    size: int,
+    own: Checksum | None,
+) -> _Written:
     """Write `rest` and commit in a worker thread, as :func:`_write_chunks` does."""
     started = False
 
-    def finish() -> None:
-        nonlocal started
+    def finish() -> _Written:
+        nonlocal started, size
         started = True
         try:
             for chunk in rest:
                 anyio.from_thread.check_cancelled()
                 writer.write(chunk)
+                size += memoryview(chunk).nbytes
+                if own is not None:
+                    own.update(chunk)
             anyio.from_thread.check_cancelled()
             writer.commit()
         except BaseException:
@@ -307,9 +397,10 @@ async def _finish_in_thread(
             raise
         finally:
             chunks.close()
+        return size, own if own is not None else getattr(writer, "checksum", None)
 
     try:
-        await anyio.to_thread.run_sync(finish)
+        return await anyio.to_thread.run_sync(finish)
     except BaseException:
         if not started:  # cancelled before the thread ran: undo what was written
             _abort_quietly(writer.abort)
@@ -317,20 +408,21 @@ async def _finish_in_thread(
         raise
 
 
-async def _to_async_sink(sink: AsyncSink, plan: Callable[[], EncodePlan], exist_ok: bool) -> None:
+async def _to_async_sink(
+    sink: AsyncSink, plan: Callable[[], EncodePlan], exist_ok: bool, algorithm: str | None
+) -> _Written:
     """One attempt at a write to an asynchronous sink."""
     encoded = await anyio.to_thread.run_sync(plan)
-    await _write_async(sink, encoded, exist_ok)
+    return await _write_async(sink, encoded, exist_ok, algorithm)
 
 
-async def _retrying(retries: int, attempt: Callable[[], Awaitable[None]]) -> None:
+async def _retrying(retries: int, attempt: Callable[[], Awaitable[T]]) -> T:
     """Run `attempt`; start over after a :class:`~aiodicom.RetryableError`, up to
     `retries` times, as the shared :class:`~aiodicom._retry.RetryPolicy` says."""
     attempts = RetryPolicy(retries, deadline=None).start()
     while True:
         try:
-            await attempt()
-            return
+            return await attempt()
         except RetryableError as exc:
             delay = attempts.next_delay()
             if delay is None:
@@ -406,20 +498,38 @@ def _check_arguments(
     return enforce_file_format
 
 
+_NO_CHECKSUM: Final = object()
+
+
+def _own_checksum(writer: Any, algorithm: str | None) -> Checksum | None:
+    """The checksum the driver must compute: none if the writer computes its own
+    (its ``checksum`` attribute) or if checksums are off."""
+    if algorithm is None or getattr(writer, "checksum", _NO_CHECKSUM) is not _NO_CHECKSUM:
+        return None
+    return Checksum(algorithm)
+
+
 def _write_chunks(
     sink: Sink,
     chunks: Iterable[Chunk],
     exist_ok: bool,
+    algorithm: str | None,
     check: Callable[[], None] = anyio.from_thread.check_cancelled,
-) -> None:
+) -> _Written:
     """Open the sink, write `chunks` (encoding them as they are pulled, for a
     generator), commit; on any error or cancellation abort, then re-raise.
-    `check` runs between chunks (by default: has the write been cancelled?)."""
+    `check` runs between chunks (by default: has the write been cancelled?).
+    Returns the bytes written and their checksum."""
     writer = sink.open(exist_ok=exist_ok)
+    own = _own_checksum(writer, algorithm)
+    size = 0
     try:
         for chunk in chunks:
             check()
             writer.write(chunk)
+            size += memoryview(chunk).nbytes
+            if own is not None:
+                own.update(chunk)
         check()
         writer.commit()
     except BaseException:
@@ -428,6 +538,7 @@ def _write_chunks(
     finally:
         if isinstance(chunks, Generator):
             chunks.close()
+    return size, own if own is not None else getattr(writer, "checksum", None)
 
 
 def write_in_this_thread(
@@ -437,12 +548,15 @@ def write_in_this_thread(
     exist_ok: bool,
     enforce_file_format: bool,
     check: Callable[[], None],
-) -> None:
+    checksum: str | None = DEFAULT_ALGORITHM,
+) -> WriteResult:
     """``dcmwrite(sink, dataset, ...)`` for a synchronous sink, done right here
     (blocking), for callers that are a worker themselves (an export worker
     process).  `check` is called between chunks and may raise to stop the write,
-    which is then aborted.  Whole-write retries apply as in :func:`dcmwrite`."""
+    which is then aborted.  Whole-write retries apply as in :func:`dcmwrite`; the
+    sink's own checksum algorithm wins over `checksum`, as there."""
     able = capabilities(sink)
+    algorithm = able.checksum if able.declares_checksum else normalize_algorithm(checksum)
 
     def on_open(encoding: tuple[bool, bool]) -> None:
         if able.check is not None:
@@ -452,8 +566,8 @@ def write_in_this_thread(
     while True:
         try:
             plan = prepare(dataset, enforce_file_format=enforce_file_format, on_open=on_open)
-            _write_chunks(sink, plan.chunks(), exist_ok, check=check)
-            return
+            written = _write_chunks(sink, plan.chunks(), exist_ok, algorithm, check=check)
+            return WriteResult(_describe(sink), *written)
         except RetryableError as exc:
             delay = attempts.next_delay()
             if delay is None:
@@ -463,9 +577,11 @@ def write_in_this_thread(
             time.sleep(delay)
 
 
-def _encode_and_write(plan: Callable[[], EncodePlan], sink: Sink, exist_ok: bool) -> None:
+def _encode_and_write(
+    plan: Callable[[], EncodePlan], sink: Sink, exist_ok: bool, algorithm: str | None
+) -> _Written:
     """The whole write in this worker thread: validate, open, encode, write, commit."""
-    _write_chunks(sink, plan().chunks(), exist_ok)
+    return _write_chunks(sink, plan().chunks(), exist_ok, algorithm)
 
 
 def _abort_quietly(abort: Any) -> None:
@@ -478,16 +594,29 @@ def _abort_quietly(abort: Any) -> None:
 _DONE: Final = object()
 
 
-async def _write_async(sink: AsyncSink, encoded: EncodePlan, exist_ok: bool) -> None:
+async def _write_async(
+    sink: AsyncSink, encoded: EncodePlan, exist_ok: bool, algorithm: str | None
+) -> _Written:
     writer = await sink.open_async(exist_ok=exist_ok)
     chunks: Generator[Chunk, None, None] = encoded.chunks()
+    own = _own_checksum(writer, algorithm)
+    size = 0
+
+    def pull() -> object:
+        """The next chunk, checksummed here in the worker thread."""
+        chunk = next(chunks, _DONE)
+        if own is not None and chunk is not _DONE:
+            own.update(cast(Chunk, chunk))
+        return chunk
+
     try:
         with closing(chunks):
             while True:
-                chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
+                chunk = await anyio.to_thread.run_sync(pull)
                 if chunk is _DONE:
                     break
                 await writer.write(cast(Chunk, chunk))
+                size += memoryview(cast(Chunk, chunk)).nbytes
         await writer.commit()
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -496,3 +625,4 @@ async def _write_async(sink: AsyncSink, encoded: EncodePlan, exist_ok: bool) -> 
             except Exception:
                 logger.exception("aiodicom: aborting a failed write failed too")
         raise
+    return size, own if own is not None else getattr(writer, "checksum", None)

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "DestinationError",
     "DicomWebError",
+    "ChecksumMismatchError",
     "DuplicateDestinationError",
     "NamingError",
     "PartitionError",
@@ -173,3 +174,80 @@ class RemoteError(Exception):
 
 class UsageError(Exception):
     """A bad command-line argument, found before any work (exit status 2)."""
+
+
+class ChecksumMismatchError(OSError):
+    """The bytes a store received differ from the bytes aiodicom checksummed.
+
+    Raised when a store rejects a write because the checksum aiodicom sent does not
+    match what it received (S3 ``BadDigest``, Azure ``Md5Mismatch``, GCS ``400``),
+    or when aiodicom finds the mismatch itself (a store's reported checksum, or
+    ``export(verify=True)``).  Nothing was published: the write was aborted like
+    any other failed write, and an existing object keeps its old content.
+
+    aiodicom never retries it and never starts the write over: the bytes it would
+    send again are the same ones, so only corruption on the wire could go away, and
+    the transport's own checksums (TCP, TLS) make that rare enough that a mismatch
+    is far more likely a fault the user must see (memory, a proxy rewriting bodies).
+    Client libraries may resend a rejected request by their own rules (botocore
+    resends a ``BadDigest`` request, up to its ``max_attempts``).
+
+    Attributes
+    ----------
+    destination : str
+        Where the write went.
+    algorithm : str
+        ``"crc32c"``, ``"sha256"`` or ``"md5"``.
+    expected : str
+        aiodicom's checksum of what it sent (base64, as the store's APIs use).
+    actual : str or None
+        The store's checksum of what it received, when it said (base64).
+    part : int or None
+        The part / block number, for a mismatch on one part of a multipart upload.
+    """
+
+    def __init__(
+        self,
+        destination: str,
+        algorithm: str,
+        expected: str,
+        actual: str | None = None,
+        *,
+        part: int | None = None,
+        detail: str = "",
+        verifying: bool = False,
+    ) -> None:
+        self.destination = destination
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+        self.part = part
+        what = f"part {part} of {destination}" if part is not None else destination
+        theirs = (
+            f"the store's is {actual}"
+            if actual is not None
+            else "the store did not report its own"
+        )
+        if verifying:
+            message = (
+                f"checksum mismatch reading back {what}: aiodicom wrote {algorithm.upper()} "
+                f"{expected}, the stored object's is {actual}"
+            )
+        else:
+            message = (
+                f"checksum mismatch writing {what}: aiodicom's {algorithm.upper()} is "
+                f"{expected}, {theirs}; the write was aborted, nothing was published"
+            )
+        if detail:
+            message += f" ({detail})"
+        super().__init__(errno.EIO, message)
+        self.filename = destination
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # by the public class (no private helper in the pickle), then the rest
+        arguments = (self.destination, self.algorithm, self.expected, self.actual)
+        state = {"part": self.part, "strerror": self.strerror, "args": self.args}
+        return (type(self), arguments, state)

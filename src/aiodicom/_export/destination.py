@@ -1,5 +1,6 @@
 """Where exported files go: a root (local folder, URL prefix or a callable that
-makes a sink per name), its pre-flight check, and byte counting."""
+makes a sink per name), its pre-flight check, byte counting, and reading back
+what was written there (``verify=True``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import DestinationError, NamingError
+from .._checksum import Checksum
+from .._errors import ChecksumMismatchError, DestinationError, NamingError
 from ..sinks import (
     AsyncSink,
     AsyncWriter,
@@ -193,24 +195,60 @@ class Root:
             return False
         if self.is_local:
             return os.path.lexists(destination)
+        return bool(self._filesystem().exists(destination))
+
+    def _filesystem(self) -> Any:
         if self._fs is None:
             from fsspec.core import url_to_fs
 
             self._fs, _ = url_to_fs(self.location, **(self.storage_options or {}))
-        return bool(self._fs.exists(destination))
+        return self._fs
 
-    def sink(self, destination: str) -> CountingSink | CountingAsyncSink:
-        """A sink for `destination` that counts the bytes it commits."""
+    def sink(self, destination: str, checksum: str | None) -> CountingSink | CountingAsyncSink:
+        """A sink for `destination`, computing `checksum`, that counts the bytes it
+        commits."""
         inner: Sink | AsyncSink
         if self.factory is not None:
-            inner = resolve(self.factory(destination))
+            inner = resolve(self.factory(destination), checksum=checksum)
         elif self.is_local:
-            inner = resolve(destination)
+            inner = resolve(destination, checksum=checksum)
         else:
-            inner = FsspecFile.from_url(destination, self.storage_options, **self.upload_options)
+            inner = FsspecFile.from_url(
+                destination, self.storage_options, checksum=checksum, **self.upload_options
+            )
         if isinstance(inner, Sink):
             return CountingSink(inner)
         return CountingAsyncSink(inner)
+
+    def verify(self, destination: str, expected: Checksum) -> str:
+        """Read back what is stored at `destination` (blocking) and compare its
+        checksum with `expected`; return how: ``"metadata"`` (the checksum the
+        store computed and keeps) or ``"bytes"`` (read and checksummed here).
+
+        Raises
+        ------
+        ChecksumMismatchError
+            If the stored object's checksum differs.
+        """
+        algorithm = expected.algorithm
+        if self.factory is not None:
+            raise TypeError("a callable destination cannot be read back (verify)")
+        if self.is_local:
+            found, how = _read_checksum(open(destination, "rb"), algorithm), "bytes"  # noqa: SIM115
+        else:
+            fs = self._filesystem()
+            path = fs._strip_protocol(destination)
+            kept = _kept_checksum(fs, path, algorithm)
+            if kept is not None:
+                found, how = kept, "metadata"
+            else:
+                found = _read_checksum(fs.open(path, "rb", block_size=_READ_SIZE), algorithm)
+                how = "bytes"
+        if found != expected.b64:
+            raise ChecksumMismatchError(
+                destination, algorithm, expected.b64, found, verifying=True, detail=how
+            )
+        return how
 
 
 def _check_folder(folder: str, *, dry_run: bool) -> None:
@@ -282,6 +320,24 @@ def _declare_capabilities(wrapper: Any, inner: Any) -> None:
         wrapper.check = checked
     wrapper.retries = able.retries
     wrapper.inline_write_limit = able.inline_write_limit
+    if able.declares_checksum:
+        wrapper.checksum = able.checksum
+
+
+class _ForwardChecksum:
+    """A wrapping writer has its inner writer's ``checksum`` if that has one (so
+    the driver computes none of its own), and no such attribute otherwise."""
+
+    _inner: Any
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "checksum":
+            return self._inner.checksum
+        raise AttributeError(name)
+
+    def committed_checksum(self) -> Checksum | None:
+        checksum: Checksum | None = getattr(self._inner, "checksum", None)
+        return checksum
 
 
 class CountingSink:
@@ -294,6 +350,7 @@ class CountingSink:
         self.count = 0
         self.committed = False
         self.error: BaseException | None = None
+        self.written_checksum: Checksum | None = None
         _declare_capabilities(self, inner)
 
     def open(self, *, exist_ok: bool) -> Writer:
@@ -305,7 +362,7 @@ class CountingSink:
         return _CountingWriter(self, writer)
 
 
-class _CountingWriter:
+class _CountingWriter(_ForwardChecksum):
     def __init__(self, sink: CountingSink, inner: Writer) -> None:
         self._sink = sink
         self._inner = inner
@@ -326,6 +383,7 @@ class _CountingWriter:
             self._sink.error = exc
             raise
         self._sink.count = self._count
+        self._sink.written_checksum = self.committed_checksum()
         self._sink.committed = True
 
     def abort(self) -> None:
@@ -340,6 +398,7 @@ class CountingAsyncSink:
         self.count = 0
         self.committed = False
         self.error: BaseException | None = None
+        self.written_checksum: Checksum | None = None
         _declare_capabilities(self, inner)
 
     async def open_async(self, *, exist_ok: bool) -> AsyncWriter:
@@ -351,7 +410,7 @@ class CountingAsyncSink:
         return _CountingAsyncWriter(self, writer)
 
 
-class _CountingAsyncWriter:
+class _CountingAsyncWriter(_ForwardChecksum):
     def __init__(self, sink: CountingAsyncSink, inner: AsyncWriter) -> None:
         self._sink = sink
         self._inner = inner
@@ -372,7 +431,43 @@ class _CountingAsyncWriter:
             self._sink.error = exc
             raise
         self._sink.count = self._count
+        self._sink.written_checksum = self.committed_checksum()
         self._sink.committed = True
 
     async def abort(self) -> None:
         await self._inner.abort()
+
+
+_READ_SIZE = 4 * 1024 * 1024
+
+
+def _read_checksum(stream: Any, algorithm: str) -> str:
+    """The checksum (base64) of everything `stream` holds; closes it."""
+    checksum = Checksum(algorithm)
+    with stream:
+        while True:
+            chunk = stream.read(_READ_SIZE)
+            if not chunk:
+                return checksum.b64
+            checksum.update(chunk)
+
+
+def _kept_checksum(fs: Any, path: str, algorithm: str) -> str | None:
+    """The whole-object checksum the store computed and keeps, if it has one of
+    `algorithm`: S3's full-object CRC32C or single-request SHA-256 (asked with
+    ``ChecksumMode=ENABLED``), GCS's ``crc32c`` / ``md5Hash``.  Azure keeps the
+    MD5 the writer declared, which proves nothing: its bytes are read instead."""
+    kind = type(fs).__module__.split(".")[0]
+    if kind == "s3fs":
+        bucket, key, _ = fs.split_path(path)
+        head = fs.call_s3("head_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        name = {"crc32c": "ChecksumCRC32C", "sha256": "ChecksumSHA256"}.get(algorithm)
+        value = head.get(name) if name else None
+        composite = head.get("ChecksumType") == "COMPOSITE" or "-" in str(value or "")
+        return str(value) if value and not composite else None
+    if kind == "gcsfs":
+        info = fs.info(path, refresh=True)
+        key = {"crc32c": "crc32c", "md5": "md5Hash"}.get(algorithm)
+        value = info.get(key) if key else None
+        return str(value) if value else None
+    return None

@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 
 from pydicom.dataset import Dataset
 
+from .._checksum import DEFAULT_ALGORITHM, normalize_algorithm
 from .naming import DEFAULT_TEMPLATE, Template
 
 __all__ = ["ON_CONFLICT", "ExportOptions", "Transform", "check_positive"]
@@ -42,8 +43,9 @@ class ExportOptions:
     TemplateError
         If `template` is unusable.
     ValueError
-        If `concurrency` or `workers` is not a positive integer, or `on_conflict`
-        is neither ``"fail"`` nor ``"suffix"``.
+        If `concurrency` or `workers` is not a positive integer, `checksum` is
+        unknown, `verify` is asked for without a checksum, or `on_conflict` is
+        neither ``"fail"`` nor ``"suffix"``.
     TypeError
         If `transform` is not callable, or `include` / `exclude` are not strings.
     """
@@ -65,6 +67,8 @@ class ExportOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     on_conflict: Literal["fail", "suffix"] = "fail"
+    checksum: str | None = DEFAULT_ALGORITHM
+    verify: bool = False
 
     def __post_init__(self) -> None:
         check_positive("concurrency", self.concurrency)
@@ -76,6 +80,11 @@ class ExportOptions:
             raise TypeError(f"transform must be a callable, not {type(self.transform).__name__}")
         for name in ("include", "exclude"):
             object.__setattr__(self, name, _patterns(name, getattr(self, name)))
+        object.__setattr__(self, "checksum", normalize_algorithm(self.checksum))
+        if self.verify and self.checksum is None:
+            raise ValueError("verify=True needs a checksum (not checksum=None)")
+        if self.upload_options and "checksum" in self.upload_options:
+            raise ValueError("give the checksum as checksum=, not in upload_options")
         template: str | Callable[[Dataset], Any] | Template = self.template
         if not isinstance(template, Template):
             object.__setattr__(self, "template", Template(template))

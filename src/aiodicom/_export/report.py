@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .._checksum import Checksum
 from .._errors import DuplicateDestinationError
 
 __all__ = [
@@ -60,6 +61,12 @@ class ItemResult:
         Time spent on this item: reading, naming and writing.
     error : BaseException or None
         Why it failed or was skipped; ``None`` otherwise.
+    checksum : Checksum or None
+        The checksum of the bytes written, computed while writing (``None`` unless
+        written, or with ``checksum=None``).
+    verified : bool
+        ``True`` if ``verify=True`` read the stored object back (its checksum as
+        the store keeps it, or its bytes) and found this checksum.
     """
 
     source: str
@@ -68,6 +75,8 @@ class ItemResult:
     bytes: int = 0
     seconds: float = 0.0
     error: BaseException | None = None
+    checksum: Checksum | None = None
+    verified: bool = False
 
     @property
     def ok(self) -> bool:
@@ -75,7 +84,9 @@ class ItemResult:
         return self.status is not Status.FAILED
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary (the error as ``"Type: message"``)."""
+        """A JSON-ready dictionary (the error as ``"Type: message"``, the checksum
+        as ``checksum_algorithm`` and ``checksum``, its hexadecimal value)."""
+        checksum = self.checksum
         return {
             "source": self.source,
             "destination": self.destination,
@@ -83,6 +94,9 @@ class ItemResult:
             "bytes": self.bytes,
             "seconds": round(self.seconds, 6),
             "error": describe_error(self.error) if self.error is not None else None,
+            "checksum_algorithm": checksum.algorithm if checksum is not None else None,
+            "checksum": checksum.hex if checksum is not None else None,
+            "verified": self.verified,
         }
 
 

@@ -23,6 +23,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydicom.dataset import Dataset
 
+from .._checksum import Checksum
 from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
 from .._errors import DestinationError, SourceSkipped, TransformError, exists_error
 from .claims import FIRST, NameGate, OrderedNames
@@ -92,6 +93,8 @@ async def export(
     workers: int | None = None,
     report: str | os.PathLike[str] | None = None,
     keep_items: bool = True,
+    checksum: str | None = "crc32c",
+    verify: bool = False,
     transform: Transform | None = None,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
@@ -199,6 +202,19 @@ async def export(
         If ``False``, the returned report's ``items`` holds only the failed
         items (its counts and bytes still cover all), so memory does not grow
         with the number of items; pair it with `report`.  Default ``True``.
+    checksum : {"crc32c", "sha256", "md5"} or None, optional
+        The checksum each write computes while streaming and sends to the store
+        to check (default ``"crc32c"``; ``None`` or ``"none"``: none), as
+        :func:`aiodicom.dcmwrite`.  Each :class:`ItemResult` (and the report)
+        carries it.
+    verify : bool, optional
+        After each write, read back what is stored: the checksum the store keeps
+        where it computed one of this algorithm (S3's full-object CRC32C or
+        single-request SHA-256, GCS's CRC32C / MD5), the bytes otherwise (local
+        files, Azure, memory).  A mismatch fails the item with
+        :class:`~aiodicom.ChecksumMismatchError` (the stored object is left as it
+        is).  Costs a request or a read per item.  Default ``False``; not with a
+        callable `destination`, which cannot be read back.
     transform : callable, optional
         Called on each dataset after it is read and before it is named and
         written: ``(Dataset) -> Dataset | None`` (return a dataset to write, or
@@ -238,6 +254,8 @@ async def export(
     """
     options = ExportOptions.from_arguments(locals())
     root = Root.parse(destination, options.storage_options, options.upload_options)
+    if options.verify and root.factory is not None:
+        raise ValueError("verify=True cannot read back what a callable destination wrote")
     if report is None:
         return await run_export(
             sources, root, options, progress=progress, total=total, keep_items=keep_items
@@ -550,7 +568,13 @@ class Run:
             finally:
                 if not named:
                     self.gate.resolve(seq)
-            status, count, reason = await self._write(source, dataset, destination, written)
+            status, count, reason, checksum = await self._write(
+                source, dataset, destination, written
+            )
+            verified = False
+            if self.options.verify and checksum is not None:
+                await anyio.to_thread.run_sync(self.root.verify, destination, checksum)
+                verified = True
         except anyio.get_cancelled_exc_class():
             if written and written[0].committed:
                 self._record_now(
@@ -560,6 +584,7 @@ class Run:
                         Status.WRITTEN,
                         written[0].count,
                         time.perf_counter() - start,
+                        checksum=written[0].written_checksum,
                     )
                 )
             raise
@@ -567,7 +592,14 @@ class Run:
             return self._failed(source, destination, start, exc, written)
         return (
             ItemResult(
-                source.label, destination, status, count, time.perf_counter() - start, reason
+                source.label,
+                destination,
+                status,
+                count,
+                time.perf_counter() - start,
+                reason,
+                checksum,
+                verified,
             ),
             False,
         )
@@ -615,14 +647,25 @@ class Run:
             if isinstance(answer, BaseException):
                 raise answer
             name = answer
-            status, count, reason = self._write_blocking(
+            status, count, reason, checksum = self._write_blocking(
                 source, named.dataset, name, check, written
             )
+            verified = False
+            if self.options.verify and checksum is not None:
+                self.root.verify(name, checksum)
+                verified = True
         except Exception as exc:
             return self._failed(source, name, named.started, exc, written)
         return (
             ItemResult(
-                source.label, name, status, count, time.perf_counter() - named.started, reason
+                source.label,
+                name,
+                status,
+                count,
+                time.perf_counter() - named.started,
+                reason,
+                checksum,
+                verified,
             ),
             False,
         )
@@ -641,35 +684,36 @@ class Run:
         destination: str,
         check: Callable[[], None],
         written: list[CountingSink | CountingAsyncSink],
-    ) -> tuple[Status, int, BaseException | None]:
+    ) -> _Outcome:
         if self.dry_run:
             if not self.exist_ok and self.root.exists(destination):
                 exists = exists_error(destination)
                 if self.skip_existing:
-                    return Status.SKIPPED, 0, exists
+                    return Status.SKIPPED, 0, exists, None
                 raise exists
-            return Status.PLANNED, 0, None
+            return Status.PLANNED, 0, None, None
         if dataset is None:
             dataset = self._read_if_new(source, destination)
             if dataset is None:
-                return Status.SKIPPED, 0, exists_error(destination)
+                return Status.SKIPPED, 0, exists_error(destination), None
         sink = self._sink(destination)
         if not isinstance(sink, CountingSink):
             raise TypeError(f"{destination!r} needs an async sink: export it in the event loop")
         written.append(sink)
         try:
-            write_in_this_thread(
+            result = write_in_this_thread(
                 sink,
                 dataset,
                 exist_ok=self.exist_ok,
                 enforce_file_format=self.enforce_file_format,
                 check=check,
+                checksum=self.options.checksum,
             )
         except FileExistsError as exc:
             if not self.skip_existing:
                 raise
-            return Status.SKIPPED, 0, exc
-        return Status.WRITTEN, sink.count, None
+            return Status.SKIPPED, 0, exc, None
+        return Status.WRITTEN, sink.count, None, result.checksum
 
     # -- reading, transforming, naming ---------------------------------------------
 
@@ -718,7 +762,7 @@ class Run:
 
     def _sink(self, destination: str) -> CountingSink | CountingAsyncSink:
         try:
-            return self.root.sink(destination)
+            return self.root.sink(destination, self.options.checksum)
         except Exception as exc:
             raise _AtDestination(exc) from exc
 
@@ -781,24 +825,24 @@ class Run:
         dataset: Dataset | None,
         destination: str,
         written: list[CountingSink | CountingAsyncSink],
-    ) -> tuple[Status, int, BaseException | None]:
+    ) -> _Outcome:
         if self.dry_run:
             if not self.exist_ok and await anyio.to_thread.run_sync(self.root.exists, destination):
                 exists = exists_error(destination)
                 if self.skip_existing:
-                    return Status.SKIPPED, 0, exists
+                    return Status.SKIPPED, 0, exists, None
                 raise exists
-            return Status.PLANNED, 0, None
+            return Status.PLANNED, 0, None, None
         if dataset is None:
             dataset = await anyio.to_thread.run_sync(
                 self._read_if_new, source, destination, abandon_on_cancel=True
             )
             if dataset is None:
-                return Status.SKIPPED, 0, exists_error(destination)
+                return Status.SKIPPED, 0, exists_error(destination), None
         sink = self._sink(destination)
         written.append(sink)
         try:
-            await dcmwrite(
+            result = await dcmwrite(
                 sink,
                 dataset,
                 exist_ok=self.exist_ok,
@@ -807,8 +851,8 @@ class Run:
         except FileExistsError as exc:
             if not self.skip_existing:
                 raise
-            return Status.SKIPPED, 0, exc
-        return Status.WRITTEN, sink.count, None
+            return Status.SKIPPED, 0, exc, None
+        return Status.WRITTEN, sink.count, None, result.checksum
 
     def _read_if_new(self, source: Source, destination: str) -> Dataset | None:
         """In a worker thread: ``None`` if `destination` exists, else the full dataset."""
@@ -857,6 +901,10 @@ class Run:
     def _stop(self) -> None:
         assert self.cancel_scope is not None
         self.cancel_scope.cancel()
+
+
+_Outcome = tuple[Status, int, BaseException | None, Checksum | None]
+"""What writing one item came to: status, bytes, why (skipped), checksum."""
 
 
 def _name_of(function: Any) -> str:

@@ -245,6 +245,19 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     parser.add_argument(
+        "--checksum",
+        choices=("crc32c", "sha256", "md5", "none"),
+        default="crc32c",
+        help="checksum computed while writing, sent to the store to check and listed "
+        "in the report (default: crc32c; none: off)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="after each write, read back what is stored (the store's checksum, or "
+        "the bytes) and fail the item on a mismatch",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="read and name every file, print the plan, write nothing",

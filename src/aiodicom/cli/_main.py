@@ -178,6 +178,8 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         template = Template(args.template)
     except TemplateError as exc:
         raise UsageError(str(exc)) from None
+    if args.verify and args.checksum == "none":
+        raise UsageError("--verify needs a checksum (not --checksum none)")
     storage_options = parse_storage_options(
         args.storage_option, args.storage_option_json, flag="--storage-option"
     )
@@ -213,6 +215,8 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             include=tuple(args.include),
             exclude=tuple(args.exclude),
             on_conflict=args.on_conflict,
+            checksum=None if args.checksum == "none" else args.checksum,
+            verify=args.verify,
         )
         root = Root.parse(destination, options.storage_options)
     except (TypeError, ValueError) as exc:

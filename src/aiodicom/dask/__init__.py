@@ -75,6 +75,8 @@ def export(
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
     on_conflict: Literal["fail", "suffix"] = "fail",
+    checksum: str | None = "crc32c",
+    verify: bool = False,
 ) -> ExportReport:
     """Export many DICOM datasets on a Dask cluster; one report for all.
 
@@ -133,6 +135,9 @@ def export(
         As for :func:`aiodicom.export`, within a partition (the first in source
         order wins there).  Across partitions, names are compared only as the
         partitions come back: see Returns.
+    checksum, verify
+        As for :func:`aiodicom.export` (computed, sent and checked on the
+        workers; the checksums come back in the items).
 
     Returns
     -------

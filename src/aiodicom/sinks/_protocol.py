@@ -45,6 +45,16 @@ so a sink you write can opt into each of them:
     the first write (a caller's file object that is closed or read-only): the
     dataset is then encoded only as the chunks are written, so a refused first
     write leaves it exactly as :func:`pydicom.dcmwrite` leaves it.
+``checksum``
+    The checksum algorithm of this sink's writes (``"crc32c"``, ``"sha256"``,
+    ``"md5"`` or ``None``), when the sink decides it; without the attribute,
+    :func:`aiodicom.dcmwrite`'s ``checksum=`` decides.
+
+A *writer* may have a ``checksum`` attribute: the :class:`~aiodicom.Checksum` it
+computes over exactly the bytes it sends (``None`` if it computes none), complete
+after ``commit``.  Writers without it get theirs computed by the driver, over the
+chunks it hands them, in the same thread (for an async writer: in the encoding
+thread, never in the event loop).
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
+from .._checksum import normalize_algorithm
 from .._core.rules import Chunk
 from .._errors import RetryableError
 
@@ -131,6 +142,10 @@ class Capabilities:
     """Bytes up to which writing in the event loop is cheap."""
     encode_ahead: bool = True
     """Whether a dataset may be encoded before the first chunk is accepted."""
+    declares_checksum: bool = False
+    """Whether the sink decides its checksum algorithm (then :attr:`checksum`)."""
+    checksum: str | None = None
+    """The sink's checksum algorithm, if it declares one."""
 
 
 def capabilities(sink: Any) -> Capabilities:
@@ -138,9 +153,12 @@ def capabilities(sink: Any) -> Capabilities:
     check = getattr(sink, "check", None)
     retries = getattr(sink, "retries", 0)
     limit = getattr(sink, "inline_write_limit", _NO_INLINE)
+    declares = hasattr(sink, "checksum")
     return Capabilities(
         check=check if callable(check) else None,
         retries=max(0, int(retries or 0)),
         inline_write_limit=max(0, int(limit or 0)),
         encode_ahead=bool(getattr(sink, "encode_ahead", True)),
+        declares_checksum=declares,
+        checksum=normalize_algorithm(getattr(sink, "checksum", None)) if declares else None,
     )

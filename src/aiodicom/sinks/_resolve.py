@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from pydicom.filebase import DicomIO
 
+from .._checksum import DEFAULT_ALGORITHM
 from ._protocol import AsyncSink, Sink
 from .dicomweb import SCHEMES as DICOMWEB_SCHEMES
 from .dicomweb import DicomWeb
@@ -25,7 +26,12 @@ def is_url(path: str) -> bool:
     return bool(sep) and bool(head) and "/" not in head and "\\" not in head
 
 
-def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> Sink | AsyncSink:
+def resolve(
+    destination: Any,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    checksum: str | None = DEFAULT_ALGORITHM,
+) -> Sink | AsyncSink:
     """Turn what the user passed as a destination into a sink.
 
     Parameters
@@ -40,6 +46,9 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
     storage_options : dict, optional
         Options for the fsspec filesystem of a URL destination; for a DICOMweb
         URL, keyword arguments of :class:`~aiodicom.sinks.DicomWeb`.
+    checksum : {"crc32c", "sha256", "md5"} or None, optional
+        The checksum algorithm of the sink built for a path, URL, buffer or file
+        object (a sink given as such keeps its own).
 
     Raises
     ------
@@ -59,9 +68,9 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
         if isinstance(path, str) and path.startswith(DICOMWEB_SCHEMES):
             return DicomWeb.from_url(path, storage_options)  # never an fsspec URL
         if isinstance(path, str) and is_url(path):
-            return FsspecFile.from_url(path, storage_options)
+            return FsspecFile.from_url(path, storage_options, checksum=checksum)
         _no_storage_options(storage_options, destination)
-        return LocalFile(path)
+        return LocalFile(path, checksum=checksum)
     if (
         isinstance(destination, tuple)
         and len(destination) == 2
@@ -70,19 +79,19 @@ def resolve(destination: Any, storage_options: dict[str, Any] | None = None) -> 
     ):
         fs, path = destination
         _no_storage_options(storage_options, destination)
-        return FsspecFile(fs, path)
+        return FsspecFile(fs, path, checksum=checksum)
     _no_storage_options(storage_options, destination)
     if isinstance(destination, Sink | AsyncSink) and not hasattr(destination, "write"):
         return destination
     if isinstance(destination, bytearray):
-        return Bytearray(destination)
+        return Bytearray(destination, checksum=checksum)
     if isinstance(destination, DicomIO):
-        return FileObject(cast(Any, destination.parent))
+        return FileObject(cast(Any, destination.parent), checksum=checksum)
     write = getattr(destination, "write", None)
     if callable(write):
         if inspect.iscoroutinefunction(write):
-            return AsyncFileObject(destination)
-        return FileObject(destination)
+            return AsyncFileObject(destination, checksum=checksum)
+        return FileObject(destination, checksum=checksum)
     if callable(getattr(destination, "seek", None)) and callable(
         getattr(destination, "tell", None)
     ):

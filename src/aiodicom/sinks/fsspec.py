@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Final
 
+from .._checksum import DEFAULT_ALGORITHM, Checksum, normalize_algorithm
 from .._errors import exists_error
 from ._protocol import Chunk, Writer
 from ._stores._uploader import Options, PartWriter, Store, probe
@@ -80,6 +81,13 @@ class FsspecFile:
         ``ServerSideEncryption``, ``CacheControl``...); GCS ``fixed_key_metadata``
         and ``kms_key_name``; Azure ``upload_blob`` / ``commit_block_list`` keywords
         (``standard_blob_tier``, ``tags``...).
+    checksum : {"crc32c", "sha256", "md5"} or None, optional
+        The checksum of the object, computed while it streams (default
+        ``"crc32c"``) and sent so that the store refuses bytes that differ: see
+        "Integrity" in the guarantees.  Object stores also get the checksums they
+        check (Azure: MD5 per block; GCS: CRC32C when SHA-256 is asked for).
+        ``None`` computes and sends none (the client library's own defaults
+        remain).  :func:`aiodicom.dcmwrite` returns the checksum.
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class FsspecFile:
         content_type: str = DICOM_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
         upload_args: Mapping[str, Any] | None = None,
+        checksum: str | None = DEFAULT_ALGORITHM,
     ) -> None:
         if part_size < 1:
             raise ValueError(f"part_size must be positive, not {part_size}")
@@ -113,6 +122,7 @@ class FsspecFile:
             content_type=content_type,
             metadata=dict(metadata or {}),
             upload_args=dict(upload_args or {}),
+            checksum=normalize_algorithm(checksum),
         )
 
     @classmethod
@@ -148,6 +158,11 @@ class FsspecFile:
         return self.options.retries
 
     @property
+    def checksum(self) -> str | None:
+        """The checksum algorithm (``None``: none)."""
+        return self.options.checksum
+
+    @property
     def url(self) -> str:
         """The destination as a URL (as given to :meth:`from_url`, if it was)."""
         if self._url is not None:
@@ -175,16 +190,18 @@ class FsspecFile:
         store = _object_store(fs, path, self.url, self.options)
         if store is not None:
             return PartWriter(store, self.url, exist_ok, self.options)
+        checksum = self.options.checksum
         if _is_instance(fs, "fsspec.implementations.memory", "MemoryFileSystem"):
-            return _MemoryWriter(fs, path, self.url, exist_ok)
+            return _MemoryWriter(fs, path, self.url, exist_ok, checksum)
         if _is_instance(fs, "fsspec.implementations.local", "LocalFileSystem"):
             from .local import LocalFile
 
             try:
-                return _RenameExists(LocalFile(path).open(exist_ok=exist_ok), self.url)
+                local = LocalFile(path, checksum=checksum).open(exist_ok=exist_ok)
             except FileExistsError:
                 raise exists_error(self.url) from None
-        return _GenericWriter(fs, path, self.url, exist_ok)
+            return _RenameExists(local, self.url)
+        return _GenericWriter(fs, path, self.url, exist_ok, checksum)
 
     def probe(self) -> None:
         """Check that this object could be written, leaving nothing behind (blocking).
@@ -259,6 +276,11 @@ class _RenameExists:
         self._writer = writer
         self._url = url
 
+    @property
+    def checksum(self) -> Checksum | None:
+        checksum: Checksum | None = getattr(self._writer, "checksum", None)
+        return checksum
+
     def write(self, chunk: Chunk, /) -> None:
         self._writer.write(chunk)
 
@@ -275,7 +297,7 @@ class _RenameExists:
 class _MemoryWriter:
     """``memory://``: a private MemoryFile, published atomically at commit."""
 
-    def __init__(self, fs: Any, path: str, url: str, exist_ok: bool) -> None:
+    def __init__(self, fs: Any, path: str, url: str, exist_ok: bool, checksum: str | None) -> None:
         from fsspec.implementations.memory import MemoryFile
 
         if not exist_ok and fs.exists(path):
@@ -287,8 +309,11 @@ class _MemoryWriter:
         self._url = url
         self._exist_ok = exist_ok
         self._file = MemoryFile(fs, path)
+        self.checksum = Checksum(checksum) if checksum else None
 
     def write(self, chunk: Chunk, /) -> None:
+        if self.checksum is not None:
+            self.checksum.update(chunk)
         self._file.write(chunk)
 
     def commit(self) -> None:
@@ -312,16 +337,19 @@ class _GenericWriter:
     the second check and the commit another writer may create the file.
     """
 
-    def __init__(self, fs: Any, path: str, url: str, exist_ok: bool) -> None:
+    def __init__(self, fs: Any, path: str, url: str, exist_ok: bool, checksum: str | None) -> None:
         if not exist_ok and fs.exists(path):
             raise exists_error(url)
         self._fs = fs
         self._path = path
         self._url = url
         self._exist_ok = exist_ok
+        self.checksum = Checksum(checksum) if checksum else None
         self._file = fs.open(path, "wb")
 
     def write(self, chunk: Chunk, /) -> None:
+        if self.checksum is not None:
+            self.checksum.update(chunk)
         self._file.write(chunk)
 
     def commit(self) -> None:

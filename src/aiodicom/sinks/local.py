@@ -32,6 +32,7 @@ import secrets
 import stat
 from typing import Final
 
+from .._checksum import DEFAULT_ALGORITHM, Checksum, normalize_algorithm
 from .._core.rules import Chunk
 
 __all__ = ["TEMP_SUFFIX", "LocalFile"]
@@ -259,16 +260,29 @@ class LocalFile:
     path : str, bytes or os.PathLike
         Where the file goes.  Its directory must exist.
     fsync : bool, optional
-        If ``True``, flush the file and its directory to stable storage before
-        :meth:`~aiodicom.sinks.Writer.commit` returns, so the write survives a
-        power loss.  Default ``False`` (as :func:`pydicom.dcmwrite`).
+        If ``True``, ``fsync`` the temporary file before it is published and the
+        directory after, before :meth:`~aiodicom.sinks.Writer.commit` returns: once
+        the write has returned, the file and its name survive a crash or power loss
+        (on storage that honours flushes).  Default ``False`` (as
+        :func:`pydicom.dcmwrite`): the publish is still atomic for every other
+        process, but after a crash the file may be missing, or the old version, and
+        on some filesystems present with its data not yet on disk.
+    checksum : {"crc32c", "sha256", "md5"} or None, optional
+        The checksum computed over the bytes written, in the writing thread, as
+        they go to the file (default ``"crc32c"``; ``None`` computes none).  The
+        writer's :attr:`checksum` holds it; :func:`aiodicom.dcmwrite` returns it.
     """
 
     def __init__(
-        self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, fsync: bool = False
+        self,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        *,
+        fsync: bool = False,
+        checksum: str | None = DEFAULT_ALGORITHM,
     ) -> None:
         self.path: str = os.fsdecode(os.fspath(path))
         self.fsync = fsync
+        self.checksum = normalize_algorithm(checksum)
 
     def __repr__(self) -> str:
         return f"LocalFile({self.path!r})"
@@ -297,14 +311,16 @@ class LocalFile:
             st = target.st
             if st is not None and not stat.S_ISREG(st.st_mode):
                 target.close()
-                return _InPlaceWriter(path)
+                return _InPlaceWriter(path, self.checksum)
             mode = _NEW_FILE_MODE if st is None else _PRIVATE_MODE
             fd, temp = _create_temp(target, mode, path)
         except BaseException:
             target.close()
             raise
         keep = None if st is None else stat.S_IMODE(st.st_mode)
-        return _TempFileWriter(path, target, fd, temp, exist_ok, self.fsync, keep)
+        writer = _TempFileWriter(path, target, fd, temp, exist_ok, self.fsync, keep)
+        writer.checksum = Checksum(self.checksum) if self.checksum else None
+        return writer
 
 
 def _create_temp(target: _Target, mode: int, path: str) -> tuple[int, str]:
@@ -324,6 +340,8 @@ def _create_temp(target: _Target, mode: int, path: str) -> tuple[int, str]:
 
 
 class _TempFileWriter:
+    checksum: Checksum | None
+
     def __init__(
         self,
         path: str,
@@ -341,9 +359,12 @@ class _TempFileWriter:
         self._exist_ok = exist_ok
         self._fsync = fsync
         self._mode = mode
+        self.checksum = None
 
     def write(self, chunk: Chunk, /) -> None:
         view = memoryview(chunk)
+        if self.checksum is not None:
+            self.checksum.update(view)
         while view:
             view = view[os.write(self._fd, view) :]
 
@@ -388,11 +409,14 @@ class _TempFileWriter:
 class _InPlaceWriter:
     """For targets that are not regular files: written directly, no rollback."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, checksum: str | None) -> None:
+        self.checksum = Checksum(checksum) if checksum else None
         self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed in commit/abort)
 
     def write(self, chunk: Chunk, /) -> None:
         view = memoryview(chunk)
+        if self.checksum is not None:
+            self.checksum.update(view)
         while view:
             view = view[self._file.write(view) or 0 :]
 

@@ -17,6 +17,11 @@ with no file descriptor), the length and position are still restored, but bytes
 it overwrote stay overwritten.  An object that cannot seek or truncate (a pipe, a
 socket, ``gzip.GzipFile``) keeps what was written before the failure: there is no
 way to take bytes back from it.
+
+Each sink takes ``checksum=`` (``"crc32c"`` by default, ``"sha256"``, ``"md5"`` or
+``None``): the checksum of the bytes written, computed as they are written (by the
+writer for the synchronous sinks, by the driver in its encoding thread for
+:class:`AsyncFileObject`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Final, Protocol
 
 import anyio.to_thread
 
+from .._checksum import DEFAULT_ALGORITHM, Checksum, normalize_algorithm
 from .._core.rules import Chunk
 
 try:
@@ -51,22 +57,30 @@ class Bytearray:
     inline_write_limit = INLINE_WRITE_LIMIT
     """Appending is a memory copy: small writes are done in the event loop."""
 
-    def __init__(self, buffer: bytearray) -> None:
+    def __init__(self, buffer: bytearray, *, checksum: str | None = DEFAULT_ALGORITHM) -> None:
         self.buffer = buffer
+        self.checksum = normalize_algorithm(checksum)
 
     def __repr__(self) -> str:
         return f"Bytearray(<{len(self.buffer)} bytes>)"
 
     def open(self, *, exist_ok: bool) -> _BytearrayWriter:
-        return _BytearrayWriter(self.buffer)
+        return _BytearrayWriter(self.buffer, self.checksum)
+
+
+def _new_checksum(algorithm: str | None) -> Checksum | None:
+    return Checksum(algorithm) if algorithm else None
 
 
 class _BytearrayWriter:
-    def __init__(self, buffer: bytearray) -> None:
+    def __init__(self, buffer: bytearray, checksum: str | None) -> None:
         self._buffer = buffer
         self._length = len(buffer)
+        self.checksum = _new_checksum(checksum)
 
     def write(self, chunk: Chunk, /) -> None:
+        if self.checksum is not None:
+            self.checksum.update(chunk)
         self._buffer += chunk
 
     def commit(self) -> None:
@@ -276,8 +290,9 @@ class FileObject:
     """A caller's file object may refuse the first write (closed, read-only): the
     dataset is encoded as it is written, so pydicom's side effects match."""
 
-    def __init__(self, fileobj: _Writable) -> None:
+    def __init__(self, fileobj: _Writable, *, checksum: str | None = DEFAULT_ALGORITHM) -> None:
         self.fileobj = fileobj
+        self.checksum = normalize_algorithm(checksum)
 
     def __repr__(self) -> str:
         return f"FileObject({self.fileobj!r})"
@@ -300,12 +315,13 @@ class FileObject:
         return INLINE_WRITE_LIMIT if position >= end else 0
 
     def open(self, *, exist_ok: bool) -> _FileObjectWriter:
-        return _FileObjectWriter(self.fileobj)
+        return _FileObjectWriter(self.fileobj, self.checksum)
 
 
 class _FileObjectWriter:
-    def __init__(self, fileobj: Any) -> None:
+    def __init__(self, fileobj: Any, checksum: str | None) -> None:
         self._file = fileobj
+        self.checksum = _new_checksum(checksum)
         self._undo = _start(fileobj)
         self._old: _OldBytes | None = None
         if self._undo is not None and self._undo.offset < self._undo.end:
@@ -317,6 +333,8 @@ class _FileObjectWriter:
             hidden = undo.overwritten(len(memoryview(chunk).cast("B")))
             if hidden is not None:
                 self._save(undo, *hidden)
+        if self.checksum is not None:
+            self.checksum.update(chunk)
         _write_all(self._file, chunk)
 
     def _save(self, undo: _Undo, offset: int, size: int) -> None:
@@ -367,8 +385,9 @@ class AsyncFileObject:
     anything whose ``write`` is a coroutine function.  Rolled back like
     :class:`FileObject` when it has ``seek``, ``tell`` and ``truncate``."""
 
-    def __init__(self, fileobj: Any) -> None:
+    def __init__(self, fileobj: Any, *, checksum: str | None = DEFAULT_ALGORITHM) -> None:
         self.fileobj = fileobj
+        self.checksum = normalize_algorithm(checksum)
 
     def __repr__(self) -> str:
         return f"AsyncFileObject({self.fileobj!r})"
@@ -380,6 +399,9 @@ class AsyncFileObject:
 
 
 class _AsyncFileObjectWriter:
+    # no ``checksum`` attribute: the driver computes it in the encoding thread,
+    # off the event loop, with this sink's algorithm
+
     def __init__(self, fileobj: Any) -> None:
         self._file = fileobj
         self._undo: _Undo | None = None

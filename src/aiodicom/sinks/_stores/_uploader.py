@@ -21,7 +21,16 @@ thread; the store's coroutines run on the fsspec filesystem's own event loop
   a part is kept until its upload succeeded, so retrying it is safe.  Permanent
   errors (403, missing bucket, precondition failed) are not retried.
 * ``abort`` cancels parts in flight and discards the upload session (S3 abort, GCS
-  session DELETE; Azure blocks are simply never committed).
+  session DELETE, Azure: the uncommitted blob deleted when no committed one exists).
+* Integrity: each part, once it is the ``bytes`` object handed to the HTTP client,
+  is checksummed right there (so the checksum covers exactly the bytes sent; no
+  second pass over the data, no copy).  The store sends what it can check: per
+  part (S3 ``x-amz-checksum-*`` / ``Content-MD5``, Azure ``Content-MD5``) and for
+  the whole object (S3 full-object CRC32C or composite SHA-256 at completion, GCS
+  ``crc32c`` / ``md5Hash``, Azure's blob MD5).  A store that finds a mismatch
+  rejects the request; the store adapter raises
+  :class:`~aiodicom.ChecksumMismatchError`, which is never retried, and the
+  driver aborts the upload as for any other failure.
 """
 
 from __future__ import annotations
@@ -33,11 +42,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol, TypeVar
 
+from ..._checksum import Algorithm, Checksum
 from ..._core.rules import Chunk
-from ..._errors import RetryableError, exists_error
+from ..._errors import ChecksumMismatchError, RetryableError, exists_error
 from ..._retry import RetryPolicy
 
-__all__ = ["Options", "PartWriter", "Store", "StoreBase", "probe"]
+__all__ = ["Checksums", "Options", "PartWriter", "Store", "StoreBase", "probe"]
+
+Checksums = dict[str, Checksum]
+"""Checksums of one part or of the whole object, by algorithm."""
 
 logger = logging.getLogger("aiodicom")
 
@@ -50,7 +63,15 @@ _TRANSIENT: Final = (ConnectionError, TimeoutError, asyncio.TimeoutError)
 class Options:
     """Upload settings shared by all object stores (see :class:`~aiodicom.sinks.FsspecFile`)."""
 
-    __slots__ = ("concurrency", "content_type", "metadata", "part_size", "retries", "upload_args")
+    __slots__ = (
+        "checksum",
+        "concurrency",
+        "content_type",
+        "metadata",
+        "part_size",
+        "retries",
+        "upload_args",
+    )
 
     def __init__(
         self,
@@ -61,6 +82,7 @@ class Options:
         content_type: str,
         metadata: dict[str, str],
         upload_args: dict[str, Any],
+        checksum: Algorithm | None = "crc32c",
     ) -> None:
         self.part_size = part_size
         self.concurrency = concurrency
@@ -68,6 +90,7 @@ class Options:
         self.content_type = content_type
         self.metadata = metadata
         self.upload_args = upload_args
+        self.checksum = checksum
 
 
 class Store(Protocol):
@@ -76,7 +99,15 @@ class Store(Protocol):
     They raise the client library's own errors; :meth:`translate` is the one
     place that turns those into ours (``FileExistsError`` for a failed exclusive
     precondition, ``FileNotFoundError`` for a missing bucket...), applied by the
-    writer to every request that fails for good.
+    writer to every request that fails for good.  The exception: a store that
+    rejects a checksum makes the adapter raise
+    :class:`~aiodicom.ChecksumMismatchError` itself (only it knows which checksum
+    it sent), which the writer never retries.
+
+    Checksums: :meth:`checksums` says which algorithms the store sends for a
+    part and for the whole object; the writer computes them and passes them as
+    ``sums`` (one part's) and ``whole`` (the whole object's, complete only at
+    :meth:`put` and :meth:`complete`).
     """
 
     loop: asyncio.AbstractEventLoop
@@ -90,17 +121,31 @@ class Store(Protocol):
     async def exists(self) -> bool:
         """Whether the object exists now (the cheap fast-path check)."""
 
-    async def put(self, data: bytes, exclusive: bool) -> None:
+    def checksums(
+        self, algorithm: Algorithm | None
+    ) -> tuple[Algorithm | None, tuple[Algorithm, ...]]:
+        """The algorithms sent for the user's `algorithm` (``None``: none at all):
+        one per part (or ``None``) and those of the whole object."""
+
+    async def put(self, data: bytes, exclusive: bool, whole: Checksums) -> None:
         """Upload the whole object in one request."""
 
     async def start(self, exclusive: bool) -> None:
         """Start a multipart / resumable / block upload."""
 
-    async def upload_part(self, number: int, offset: int, data: bytes) -> Any:
+    async def upload_part(self, number: int, offset: int, data: bytes, sums: Checksums) -> Any:
         """Upload part `number` (1-based) at byte `offset`; return what complete needs."""
 
-    async def complete(self, parts: list[Any], offset: int, last: bytes, exclusive: bool) -> None:
-        """Upload the `last` part and publish the object."""
+    async def complete(
+        self,
+        parts: list[Any],
+        offset: int,
+        last: bytes,
+        exclusive: bool,
+        sums: Checksums,
+        whole: Checksums,
+    ) -> None:
+        """Upload the `last` part (checksums `sums`) and publish the object."""
 
     async def cancel(self) -> None:
         """Discard the upload started by :meth:`start`, if any."""
@@ -173,6 +218,14 @@ class PartWriter:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._finished = False
+        algorithm = options.checksum
+        self._part_algorithm, whole = store.checksums(algorithm)
+        names = {*whole, *((algorithm,) if algorithm else ())}
+        # the whole object's checksums; a CRC32C that is also sent per part is
+        # combined from the parts' instead of computed twice
+        self._whole: Checksums = {name: Checksum(name) for name in sorted(names)}
+        self.checksum: Checksum | None = self._whole[algorithm] if algorithm else None
+        """The checksum of the object (the user's algorithm), complete after commit."""
         self._call(store.prepare)
 
     # -- Writer protocol (worker thread) ------------------------------------------
@@ -190,12 +243,15 @@ class PartWriter:
     def commit(self) -> None:
         store, last = self._store, bytes(self._buffer)
         self._buffer = bytearray()
+        sums = self._checksum(last, part=self._started)
         if not self._started:
-            self._call(store.put, last, self._exclusive)
+            self._call(store.put, last, self._exclusive, self._whole)
         else:
             while self._pending:
                 self._parts.append(self._pending.popleft().result())
-            self._call(store.complete, self._parts, self._offset, last, self._exclusive)
+            self._call(
+                store.complete, self._parts, self._offset, last, self._exclusive, sums, self._whole
+            )
         self._finished = True
         store.invalidate()
 
@@ -228,10 +284,27 @@ class PartWriter:
         # bytes, not the bytearray: HTTP clients slice a bytearray body (a copy)
         data = bytes(self._buffer)
         self._buffer = bytearray()
+        sums = self._checksum(data)
         number = len(self._parts) + len(self._pending) + 1
-        coro = self._tracked(self._retrying(store.upload_part, number, self._offset, data))
+        coro = self._tracked(self._retrying(store.upload_part, number, self._offset, data, sums))
         self._offset += len(data)
         self._pending.append(asyncio.run_coroutine_threadsafe(coro, store.loop))
+
+    def _checksum(self, data: bytes, *, part: bool = True) -> Checksums:
+        """Checksum `data`, exactly the ``bytes`` object that will be sent, for the
+        part (unless `part` is false: a single-request upload) and for the whole
+        object; return the part's checksums."""
+        sums: Checksums = {}
+        algorithm = self._part_algorithm if part else None
+        if algorithm is not None:
+            sums[algorithm] = Checksum(algorithm)
+            sums[algorithm].update(data)
+        for name, whole in self._whole.items():
+            if name == algorithm == "crc32c":
+                whole.extend(sums[name])  # CRC32C combines: no second computation
+            else:
+                whole.update(data)
+        return sums
 
     def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``func(*args)`` on the store's loop with retries; wait for it."""
@@ -249,7 +322,7 @@ class PartWriter:
         while True:
             try:
                 return await func(*args)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, ChecksumMismatchError):
                 raise
             except Exception as exc:
                 transient = isinstance(exc, _TRANSIENT) or store.is_transient(exc)

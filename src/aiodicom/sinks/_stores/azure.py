@@ -2,20 +2,38 @@
 
 Exclusive create is ``If-None-Match: *`` on Put Blob and on Put Block List.  Block
 ids carry a random per-write prefix, so concurrent writers of one blob never mix
-their blocks.  A failed write never commits its block list; the service drops
-uncommitted blocks by itself (after a week at the latest, or at the next commit
-of that blob).  The Azure SDK retries each request itself; ours are on top.
+their blocks.  A failed write never commits its block list.  Where no committed
+blob exists, its staged blocks are deleted with the uncommitted blob (Delete Blob,
+``If-Unmodified-Since`` the first block, so a blob another writer committed since
+survives), so nothing is left that a listing of uncommitted blobs shows; blocks
+staged for a blob that exists stay invisible until the service drops them (at that
+blob's next commit, or after a week).  The Azure SDK retries each request itself;
+ours are on top.
+
+Checksums: Azure checks MD5 only.  Every staged block carries its ``Content-MD5``
+(transactional: the service refuses a block whose bytes differ), Put Blob carries
+the whole blob's, and Put Block List stores the whole blob's MD5 as the blob's
+``Content-MD5`` property (the service does not check it there: the blocks were
+checked).  The MD5s are computed whatever checksum the user chose for the report,
+unless checksums are off.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
 import uuid
-from typing import Any
+from typing import Any, Final
 
-from ..._errors import exists_error
-from ._uploader import Options, StoreBase
+from ..._checksum import Algorithm
+from ..._errors import ChecksumMismatchError, exists_error
+from ._uploader import Checksums, Options, StoreBase
 
 __all__ = ["AzureStore"]
+
+_MISMATCH_CODES: Final = frozenset({"Md5Mismatch", "Crc64Mismatch"})
+_MAX_SINGLE_PUT: Final = 64 * 1024 * 1024  # the SDK's default max_single_put_size
 
 
 class AzureStore(StoreBase):
@@ -30,15 +48,19 @@ class AzureStore(StoreBase):
         self._prefix = uuid.uuid4().hex
         self._client: Any = None
         self._last_block: str | None = None
+        self._staged_since: datetime.datetime | None = None  # server time
 
     async def prepare(self) -> None:
         self._client = self.fs.service_client.get_blob_client(self.bucket, self.key)
 
-    def _settings(self) -> dict[str, Any]:
+    def _settings(self, whole: Checksums | None = None) -> dict[str, Any]:
         from azure.storage.blob import ContentSettings
 
+        md5 = bytearray(whole["md5"].digest()) if whole and "md5" in whole else None
         args: dict[str, Any] = {
-            "content_settings": ContentSettings(content_type=self.options.content_type),
+            "content_settings": ContentSettings(
+                content_type=self.options.content_type, content_md5=md5
+            ),
             "metadata": dict(self.options.metadata) or None,
         }
         args.update(self.options.upload_args)
@@ -50,44 +72,118 @@ class AzureStore(StoreBase):
     async def exists(self) -> bool:
         return bool(await self._client.exists())
 
-    async def put(self, data: bytes, exclusive: bool) -> None:
-        await self._client.upload_blob(
-            data, overwrite=not exclusive, length=len(data), **self._settings()
-        )
+    def checksums(
+        self, algorithm: Algorithm | None
+    ) -> tuple[Algorithm | None, tuple[Algorithm, ...]]:
+        return (None, ()) if algorithm is None else ("md5", ("md5",))
+
+    async def put(self, data: bytes, exclusive: bool, whole: Checksums) -> None:
+        limit = getattr(getattr(self._client, "_config", None), "max_single_put_size", None)
+        if len(data) > (limit or _MAX_SINGLE_PUT):
+            # the SDK would cut it into blocks itself, without our MD5s: stage it
+            try:
+                await self.complete([], 0, data, exclusive, whole, whole)
+            except BaseException:
+                await asyncio.shield(self._cancel_quietly())
+                raise
+            return
+        md5 = {"transactional_content_md5": whole["md5"].digest()} if "md5" in whole else {}
+        try:
+            await self._client.upload_blob(
+                data, overwrite=not exclusive, length=len(data), **self._settings(), **md5
+            )
+        except Exception as exc:
+            self._raise_mismatch(exc, whole)
+            raise
 
     async def start(self, exclusive: bool) -> None:
         pass
 
-    async def upload_part(self, number: int, offset: int, data: bytes) -> Any:
+    async def upload_part(self, number: int, offset: int, data: bytes, sums: Checksums) -> Any:
         block_id = self._block_id(number)
-        await self._client.stage_block(block_id, data, length=len(data))
+        md5 = {"transactional_content_md5": sums["md5"].digest()} if "md5" in sums else {}
+        try:
+            headers = await self._client.stage_block(block_id, data, length=len(data), **md5)
+        except Exception as exc:
+            self._raise_mismatch(exc, sums, part=number)
+            raise
+        if self._staged_since is None:
+            date = headers.get("date") if isinstance(headers, dict) else None
+            if not isinstance(date, datetime.datetime):
+                date = datetime.datetime.now(datetime.timezone.utc)
+            # Last-Modified has whole seconds: a blob committed by anyone after
+            # this block landed is later than this
+            self._staged_since = date.replace(microsecond=0) - datetime.timedelta(seconds=1)
         return block_id
 
-    async def complete(self, parts: list[Any], offset: int, last: bytes, exclusive: bool) -> None:
+    async def complete(
+        self,
+        parts: list[Any],
+        offset: int,
+        last: bytes,
+        exclusive: bool,
+        sums: Checksums,
+        whole: Checksums,
+    ) -> None:
         from azure.core import MatchConditions
 
         if self._last_block is None:
-            self._last_block = await self.upload_part(len(parts) + 1, offset, last)
+            self._last_block = await self.upload_part(len(parts) + 1, offset, last, sums)
         condition: dict[str, Any] = (
             {"match_condition": MatchConditions.IfMissing} if exclusive else {}
         )
         try:
             await self._client.commit_block_list(
-                [*parts, self._last_block], **self._settings(), **condition
+                [*parts, self._last_block], **self._settings(whole), **condition
             )
         except Exception as exc:
             # a racing writer's commit also drops our uncommitted blocks
             if exclusive and _error_code(exc) == "InvalidBlockList" and await self.exists():
                 raise exists_error(self.url) from exc
             raise
+        self._staged_since = None
 
     async def cancel(self) -> None:
-        pass  # uncommitted blocks are invisible and dropped by the service
+        """Delete the staged blocks with the uncommitted blob, unless a committed
+        blob exists (its old content stays; our blocks stay invisible)."""
+        since, self._staged_since = self._staged_since, None
+        if since is None or await self.exists():
+            return
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            await self._client.delete_blob(if_unmodified_since=since)
+        except HttpResponseError as exc:
+            if exc.status_code not in (404, 412):
+                raise
+
+    async def _cancel_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # the write's own error matters
+            await self.cancel()
+
+    def _raise_mismatch(self, exc: Exception, sums: Checksums, part: int | None = None) -> None:
+        """Raise the :class:`~aiodicom.ChecksumMismatchError` that `exc` means: Azure's
+        ``400 Md5Mismatch`` (Azurite: ``InvalidOperation``, "Provided contentMD5
+        doesn't match.")."""
+        if "md5" not in sums or getattr(exc, "status_code", None) != 400:
+            return
+        code = _error_code(exc) or ""
+        text = str(getattr(exc, "message", "") or exc).lower()
+        if code not in _MISMATCH_CODES and not ("md5" in text and "match" in text):
+            return
+        raise ChecksumMismatchError(
+            self.url,
+            "md5",
+            sums["md5"].b64,
+            part=part,
+            detail=f"{code or type(exc).__name__}: {str(exc).splitlines()[0]}",
+        ) from exc
 
     async def probe(self) -> None:
-        """One byte staged as a block and never committed: no blob appears (the
-        service drops uncommitted blocks within a week)."""
-        await self.upload_part(1, 0, b"\0")
+        """One byte staged as a block, never committed, then deleted with its
+        uncommitted blob (as an aborted write is): no blob appears."""
+        await self.upload_part(1, 0, b"\0", {})
+        await self.cancel()
 
     def is_transient(self, exc: BaseException) -> bool:
         from azure.core.exceptions import (

@@ -1,0 +1,164 @@
+"""What integrity costs: a 1 GiB streamed upload with and without checksums.
+
+* One multi-frame CT of ``--big-mib`` MiB (1 GiB by default) is uploaded with
+  ``FsspecFile(..., checksum=X)`` for X in none, crc32c (the default) and, with
+  ``--all-algorithms``, sha256 and md5: to SeaweedFS (S3, which checks the
+  checksums) and, with ``--stores s3,az``, to Azurite (MD5 per block, whatever X;
+  ``--az-mib``, 256 MiB by default, as Azurite keeps everything in memory).
+  Alternating rounds, medians; the overhead is relative to ``checksum=None``.
+* Memory: peak Python allocations above the start (tracemalloc, every thread; one
+  extra, untimed upload per algorithm) and peak RSS above the start during the
+  timed uploads (sampled every 5 ms; noisy by a part or two, as freed memory is
+  reused).  The checksums are computed over the part buffers the uploader sends
+  anyway, so the peak must not move.
+* The bare cost: :class:`aiodicom.Checksum` over the same bytes, in 8 MiB parts.
+
+The acceptance bar of issue 16: CRC32C costs at most 10 % of the upload's
+throughput and adds no memory.  Not run in CI.  Run: ``python -m benchmarks
+checksum`` (needs ``python tests/servers.py install``); writes
+``benchmarks/results/checksum.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests import servers  # noqa: E402  (sets AWS_DEFAULT_REGION before s3fs loads)
+
+import aiodicom  # noqa: E402
+from aiodicom.sinks.fsspec import FsspecFile  # noqa: E402
+from benchmarks._harness import MiB, median, peak_extra_memory, save_result  # noqa: E402
+from benchmarks.bench_s3 import _peak_rss_extra, ct  # noqa: E402
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--big-mib", type=int, default=1024, help="size of the multi-frame")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stores", default="s3", help="comma-separated: s3 (SeaweedFS), az")
+    parser.add_argument(
+        "--az-mib",
+        type=int,
+        default=256,
+        help="object size for Azurite, which keeps every byte in memory (12 GB at most)",
+    )
+    parser.add_argument("--all-algorithms", action="store_true", help="also sha256 and md5")
+    parser.add_argument("--part-mib", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+
+
+def _bare_cost(data: bytes, algorithms: list[str], part: int) -> dict[str, float]:
+    """MiB/s of :class:`aiodicom.Checksum` alone over `data`, in `part`-sized bytes."""
+    view = memoryview(data)
+    parts = [bytes(view[i : i + part]) for i in range(0, len(data), part)]
+    speeds = {}
+    for algorithm in algorithms:
+        checksum = aiodicom.Checksum(algorithm)
+        start = time.perf_counter()
+        for chunk in parts:
+            checksum.update(chunk)
+        speeds[algorithm] = len(data) / MiB / (time.perf_counter() - start)
+    return speeds
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    algorithms: list[str | None] = [None, "crc32c"]
+    if args.all_algorithms:
+        algorithms += ["sha256", "md5"]
+    big = ct(256, 256, frames=args.big_mib * MiB // (256 * 256 * 2))
+    size_mib = len(big.PixelData) / MiB
+    results: dict[str, Any] = {
+        "object_MiB": size_mib,
+        "bare_checksum_MiB_per_s": _bare_cost(
+            big.PixelData, [a for a in algorithms if a], args.part_mib * MiB
+        ),
+    }
+    print(f"bare checksums (MiB/s): {results['bare_checksum_MiB_per_s']}")
+    for store in args.stores.split(","):
+        if store == "az" and args.az_mib != args.big_mib:
+            big = ct(256, 256, frames=args.az_mib * MiB // (256 * 256 * 2))
+            size_mib = len(big.PixelData) / MiB
+        results[store] = {"object_MiB": size_mib}
+        results[store].update(_one_store(store, big, size_mib, algorithms, args))
+    return results
+
+
+def _one_store(
+    store: str, big: Any, size_mib: float, algorithms: list[str | None], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Upload `big` once per algorithm and round to a fresh server of `store`."""
+    import fsspec
+
+    server = servers.seaweedfs_server() if store == "s3" else servers.azure_server()
+    with server as endpoint:
+        if store == "s3":
+            options, scheme = servers.s3_options(endpoint), "s3"
+        else:
+            options, scheme = servers.azure_options(endpoint), "az"
+        fs = fsspec.filesystem(scheme, **options)
+        bucket = servers.fresh_name("bench")
+        fs.mkdir(bucket)
+
+        def upload(algorithm: str | None) -> None:
+            url = f"{scheme}://{bucket}/big-{uuid.uuid4().hex[:8]}.dcm"
+            sink = FsspecFile.from_url(
+                url,
+                options,
+                checksum=algorithm,
+                part_size=args.part_mib * MiB,
+                concurrency=args.concurrency,
+            )
+            anyio.run(aiodicom.dcmwrite, sink, big, backend=args.backend)
+            fs.rm(url)
+
+        times: dict[str, list[float]] = {str(a): [] for a in algorithms}
+        peaks: dict[str, list[int]] = {str(a): [] for a in algorithms}
+        for r in range(args.rounds):
+            order = algorithms[r % len(algorithms) :] + algorithms[: r % len(algorithms)]
+            for algorithm in order:
+                peak, seconds = _peak_rss_extra(partial(upload, algorithm))
+                times[str(algorithm)].append(seconds)
+                peaks[str(algorithm)].append(peak)
+        traced = {str(a): peak_extra_memory(partial(upload, a)) for a in algorithms}
+    base = median(times["None"])
+    per_store = {}
+    for name, runs in times.items():
+        seconds = median(runs)
+        per_store[name] = {
+            "median_s": seconds,
+            "runs_s": runs,
+            "MiB_per_s": size_mib / seconds,
+            "overhead_pct": 100 * (seconds - base) / base,
+            "peak_rss_extra_MiB": max(peaks[name]) / MiB,
+            "tracemalloc_peak_MiB": traced[name] / MiB,
+        }
+        print(
+            f"{store} checksum={name:7}: {size_mib / seconds:7.1f} MiB/s, "
+            f"overhead {per_store[name]['overhead_pct']:+5.1f} %, "
+            f"peak RSS +{max(peaks[name]) / MiB:.0f} MiB, "
+            f"allocations +{traced[name] / MiB:.0f} MiB"
+        )
+    return per_store
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    print(f"wrote {save_result('checksum', args, run(args))}")
+
+
+if __name__ == "__main__":
+    main()
