@@ -598,6 +598,8 @@ async def test_a_callable_destination_gets_a_sink_per_name(archive: Path, tmp_pa
     assert outputs_by_uid(out) == expected_outputs()
     with pytest.raises(TypeError, match="a sink holds one file"):
         await aiodicom.export(archive, LocalFile(str(out / "one.dcm")))
+    with pytest.raises(ValueError, match="cannot read back what a callable destination wrote"):
+        await aiodicom.export(archive, lambda name: bytearray(), verify=True)
 
 
 class _Full:
