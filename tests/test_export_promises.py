@@ -368,3 +368,82 @@ async def test_a_streamed_report_and_only_failures_in_memory(tmp_path: Path) -> 
     assert summary["written"] == 30
     assert summary["bytes_written"] == report.bytes_written
     assert {line["status"] for line in lines} == {"written", "failed"}
+
+
+# --- item 15: a process killed outright leaves nothing; stale leftovers are swept -----
+
+_KILLED_WRITER = """
+import io, os, sys
+import anyio
+sys.path.insert(0, sys.argv[3])
+import aiodicom
+from tests import datasets
+
+class Stalling(io.RawIOBase):
+    # Pixel Data that arrives slowly: half of it, then a wait for the kill
+    def __init__(self, size):
+        self.size, self.position = size, 0
+    def readable(self):
+        return True
+    def seekable(self):
+        return True
+    def tell(self):
+        return self.position
+    def seek(self, offset, whence=0):
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = base + offset
+        return self.position
+    def readinto(self, buffer):
+        if self.position >= 8 * 1024 * 1024:
+            print("writing", flush=True)
+            import time
+            time.sleep(60)
+        n = max(0, min(len(buffer), self.size - self.position))
+        buffer[:n] = b"\\x01" * n
+        self.position += n
+        return n
+
+ds = datasets.ct_slice(16, 16)
+ds.PixelData = io.BufferedReader(Stalling(16 * 1024 * 1024))
+anyio.run(lambda: aiodicom.dcmwrite(sys.argv[1], ds, exist_ok=sys.argv[2] == "1"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("exist_ok", "existing"),
+    [(True, True), (True, False), (False, False)],  # exclusive + existing fails at once
+)
+def test_a_killed_writer_leaves_no_temporary_file(
+    tmp_path: Path, exist_ok: bool, existing: bool
+) -> None:
+    target = tmp_path / "out.dcm"
+    if existing:
+        target.write_bytes(b"old")
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(target), "1" if exist_ok else "0", str(ROOT)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"writing\n"  # 8 MiB written, mid-write
+    process.kill()
+    process.wait()
+    expected = ["out.dcm"] if existing else []
+    assert sorted(os.listdir(tmp_path)) == expected
+    if existing:
+        assert target.read_bytes() == b"old"
+
+
+async def test_export_removes_stale_temporary_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".x.dcm.deadbeef.aiodicom-tmp"
+    fresh = out / ".y.dcm.cafef00d.aiodicom-tmp"
+    stale.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"being written by another export")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    report = await aiodicom.export([_slice(1)], out, template="{SOPInstanceUID}.dcm", workers=1)
+    assert report.ok
+    assert not stale.exists()
+    assert fresh.exists()  # written to recently: not a leftover

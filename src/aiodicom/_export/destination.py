@@ -21,6 +21,7 @@ from ..sinks import (
     is_url,
     resolve,
 )
+from ..sinks.local import remove_stale_temporary_files
 from .sources import in_process_memory
 
 __all__ = ["CountingAsyncSink", "CountingSink", "Root"]
@@ -38,6 +39,7 @@ class Root:
     storage_options: dict[str, Any] | None = None
     upload_options: dict[str, Any] = field(default_factory=dict)
     _fs: Any = field(default=None, repr=False)
+    _swept: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @classmethod
     def parse(
@@ -124,9 +126,19 @@ class Root:
         return joined
 
     def make_parent(self, destination: str) -> None:
-        """Create the folders `destination` needs (local roots only; blocking)."""
-        if self.is_local:
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
+        """Create the folders `destination` needs (local roots only; blocking).
+
+        The first time this export writes into a folder, temporary files that an
+        earlier crash left there are removed (see
+        :func:`aiodicom.sinks.local.remove_stale_temporary_files`).
+        """
+        if not self.is_local:
+            return
+        folder = os.path.dirname(destination)
+        os.makedirs(folder, exist_ok=True)
+        if folder not in self._swept:
+            self._swept.add(folder)
+            remove_stale_temporary_files(folder)
 
     def exists(self, destination: str) -> bool:
         """Whether `destination` exists now (blocking)."""
