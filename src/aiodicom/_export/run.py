@@ -552,19 +552,25 @@ class Run:
     async def record(self, result: ItemResult) -> None:
         """Add `result` and report progress (callbacks run one at a time, in order).
 
-        The item is counted before anything can be cancelled; a callback that
-        raises stops the export, and :func:`run_export` raises its exception.
+        The item is counted, and a synchronous callback called, before anything
+        can be cancelled (a callback that does not await needs no lock to keep the
+        order); a callback that raises stops the export, and :func:`run_export`
+        raises its exception.
         """
         now = self.tally.add(result)
         if self.progress is not None and self.callback_error is None:
-            async with self.progress_lock:
-                try:
+            try:
+                if not inspect.iscoroutinefunction(self.progress):
                     outcome = self.progress(now)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-                except Exception as exc:
-                    self.callback_error = exc
-                    self._stop()
+                    if inspect.isawaitable(outcome):  # a sync function returning one
+                        async with self.progress_lock:
+                            await outcome
+                else:
+                    async with self.progress_lock:
+                        await self.progress(now)
+            except Exception as exc:
+                self.callback_error = exc
+                self._stop()
         if self.fail_fast and result.status is Status.FAILED:
             self.tally.stopped_early = True
             self._stop()
