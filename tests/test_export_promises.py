@@ -447,3 +447,47 @@ async def test_export_removes_stale_temporary_files(tmp_path: Path) -> None:
     assert report.ok
     assert not stale.exists()
     assert fresh.exists()  # written to recently: not a leftover
+
+
+# --- sweep of the error mapping: only a failed exclusive create is FileExistsError ----
+
+
+async def test_azure_leased_blob_is_not_reported_as_existing(
+    azure_container: str, azure_storage_options: dict[str, Any]
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    container = azure_container.removeprefix("az://")
+    service = BlobServiceClient.from_connection_string(azure_storage_options["connection_string"])
+    blob = service.get_blob_client(container, "leased.dcm")
+    blob.upload_blob(b"old")
+    lease = blob.acquire_lease()
+    try:
+        with pytest.raises(Exception) as caught:  # noqa: PT011 (the type is the point)
+            await aiodicom.dcmwrite(
+                f"{azure_container}/leased.dcm",
+                _slice(1),
+                exist_ok=True,
+                storage_options=azure_storage_options,
+            )
+        assert not isinstance(caught.value, FileExistsError), caught.value
+        assert blob.download_blob().readall() == b"old"
+    finally:
+        lease.release()
+
+
+def test_azure_conflicts_other_than_an_existing_blob_keep_their_error() -> None:
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+    from aiodicom.sinks._stores.azure import _is_exists
+
+    def conflict(cls: type[Exception], code: str | None) -> Exception:
+        error = cls(message=f"{code}")
+        error.error_code = code  # type: ignore[attr-defined]
+        return error
+
+    assert _is_exists(conflict(ResourceExistsError, "BlobAlreadyExists"))
+    assert _is_exists(conflict(ResourceModifiedError, "ConditionNotMet"))
+    assert _is_exists(conflict(ResourceExistsError, None))
+    for code in ("LeaseIdMissing", "PendingCopyOperation", "OperationNotAllowedInCurrentState"):
+        assert not _is_exists(conflict(ResourceExistsError, code))
