@@ -491,3 +491,60 @@ def test_azure_conflicts_other_than_an_existing_blob_keep_their_error() -> None:
     assert _is_exists(conflict(ResourceExistsError, None))
     for code in ("LeaseIdMissing", "PendingCopyOperation", "OperationNotAllowedInCurrentState"):
         assert not _is_exists(conflict(ResourceExistsError, code))
+
+
+# --- issue 13: large values stream from the source file, memory stays bounded ---------
+
+
+def _large_sources(folder: Path) -> list[Path]:
+    """Source files with values beyond the streaming size: a 24 MiB multi-frame
+    (odd length, padded), the same in Implicit VR and in Big Endian, and a large
+    OB value besides the Pixel Data."""
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    folder.mkdir()
+    paths = []
+    for number, syntax in enumerate([None, ImplicitVRLittleEndian, ExplicitVRBigEndian]):
+        ds = datasets.multiframe(24 * 1024 * 1024, odd=number == 0)
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.66.{number}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if syntax is not None:
+            ds.file_meta.TransferSyntaxUID = syntax
+        if number == 0:
+            ds.add_new(0x00091010, "OB", b"\x07" * (6 * 1024 * 1024 + 1))
+            ds.add_new(0x00090010, "LO", "aiodicom test")
+        path = folder / f"{number}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+        del ds
+    return paths
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_large_values_stream_from_the_source_with_bounded_memory(
+    tmp_path: Path, workers: int
+) -> None:
+    import tracemalloc
+
+    sources = _large_sources(tmp_path / "in")
+    expected = {p.name: pydicom_bytes(pydicom.dcmread(p)) for p in sources}
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        report = await aiodicom.export(
+            [str(p) for p in sources],
+            tmp_path / "out",
+            template="{SOPInstanceUID}.dcm",
+            workers=workers,
+            concurrency=1,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.ok, report.failures
+    by_source = {Path(i.source).name: Path(i.destination or "") for i in report.items}
+    for name, data in expected.items():
+        assert by_source[name].read_bytes() == data
+    if workers == 1:  # the values never were in this process's memory at once
+        assert peak - base < 16 * 1024 * 1024, peak - base

@@ -22,7 +22,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydicom.dataset import Dataset
 
 from .._checksum import Checksum
-from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
+from .._driver import (
+    dcmwrite,
+    encode_in_threads,
+    stream_deferred_values,
+    write_in_this_thread,
+)
 from .destination import CountingAsyncSink, CountingSink, Root
 from .naming import DEFAULT_TEMPLATE, Template
 from .options import ExportOptions
@@ -42,6 +47,10 @@ __all__ = ["ProgressCallback", "export", "run_export"]
 logger = logging.getLogger("aiodicom.export")
 
 DEFER_SIZE: Final = 16 * 1024
+STREAM_SIZE: Final = 4 * 1024 * 1024
+"""Values of local source files larger than this are not read with the dataset:
+they are streamed from the source file as they are written (bounded memory, the
+same bytes)."""
 """With ``skip_existing``, local sources are first read with values above this
 size deferred, so an item whose destination exists costs only its header."""
 
@@ -224,7 +233,7 @@ async def run_export(
     run = Run(root, options, progress, tally)
     send, receive = anyio.create_memory_object_stream[Source](0)
     # Throughput first: encode in the worker threads, as a thread pool would.
-    with encode_in_threads():
+    with encode_in_threads(), stream_deferred_values():
         await _run_all(
             run, sources, options.source_storage_options, options.concurrency, send, receive
         )
@@ -495,11 +504,14 @@ class Run:
 
     def _read_and_name(self, source: Source) -> tuple[Dataset | None, str]:
         """In a worker thread: read the dataset and name its destination."""
-        defer = DEFER_SIZE if self.look_first and source.kind == "path" else None
+        if source.kind == "path":
+            defer: int | None = DEFER_SIZE if self.look_first else STREAM_SIZE
+        else:
+            defer = None
         dataset = read_source(source, force=self.force, defer_size=defer)
         destination = self.root.join(self.naming.render(dataset, self.root.unsafe_characters))
-        if defer is not None:
-            return None, destination  # read again, whole, if it is to be written
+        if defer == DEFER_SIZE:
+            return None, destination  # read again if it is to be written
         if not self.dry_run:
             _unless_abandoned()
             self.root.make_parent(destination)
@@ -544,7 +556,8 @@ class Run:
         """In a worker thread: ``None`` if `destination` exists, else the full dataset."""
         if self.root.exists(destination):
             return None
-        dataset = read_source(source, force=self.force)
+        defer = STREAM_SIZE if source.kind == "path" else None
+        dataset = read_source(source, force=self.force, defer_size=defer)
         _unless_abandoned()
         self.root.make_parent(destination)
         return dataset
