@@ -40,6 +40,7 @@ class Root:
     upload_options: dict[str, Any] = field(default_factory=dict)
     _fs: Any = field(default=None, repr=False)
     _swept: set[str] = field(default_factory=set, repr=False, compare=False)
+    _real_root: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(
@@ -116,7 +117,9 @@ class Root:
         joined = os.path.normpath(os.path.join(self.location, *relative.split("/")))
         if os.path.commonpath([self.location, joined]) != self.location:
             raise NamingError(f"{relative!r} would leave the destination {self.location!r}")
-        real_root = os.path.realpath(self.location)
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.location)
+        real_root = self._real_root
         real = os.path.realpath(joined)
         if os.path.commonpath([real_root, real]) != real_root:
             raise NamingError(

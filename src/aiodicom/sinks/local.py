@@ -76,6 +76,8 @@ _AT_EACCESS: Final = 0x200  # Linux <fcntl.h>
 def _temp_prefix(name: str) -> str:
     """``.<start of name>.``, at most ``_TEMP_NAME_MAX`` *bytes* of `name`: with
     multi-byte characters a cut by characters could overflow NAME_MAX (255 bytes)."""
+    if len(name) <= _TEMP_NAME_MAX and name.isascii():  # the common case: one byte each
+        return f".{name}."
     kept, size = 0, 0
     for char in name:
         size += len(os.fsencode(char))
