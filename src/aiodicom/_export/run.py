@@ -191,6 +191,7 @@ async def export(
     """
     options = ExportOptions.from_arguments(locals())
     root = Root.parse(destination, options.storage_options, options.upload_options)
+    root.check_options(options)
     if report is None:
         return await run_export(
             sources, root, options, progress=progress, total=total, keep_items=keep_items
@@ -223,6 +224,10 @@ async def run_export(
     """Run an export whose settings were checked already (see :func:`export`);
     `on_item` gets every finished item (the streamed report)."""
     tally = Tally(total, keep_items=keep_items, on_item=on_item)
+    if root.is_dicomweb:
+        from .dicomweb import run_dicomweb
+
+        return await run_dicomweb(sources, root, options, progress=progress, tally=tally)
     workers = choose_workers(sources, options, total, root)
     if workers > 1:
         from .processes import run_in_processes
