@@ -42,6 +42,7 @@ from tests.fake_dicomweb import (
     dicom_json,
     failed_item,
     forwarding,
+    google,
     referenced_item,
     standard,
 )
@@ -435,6 +436,35 @@ async def test_azure_duplicates(fake: FakeDicomWeb) -> None:
     assert isinstance(cause, DicomWebError)
     assert cause.failure_reason == 45070
     assert not [r for r in fake.requests if r.method == "GET"]
+
+
+async def test_google_duplicate_with_other_bytes(fake: FakeDicomWeb) -> None:
+    """Google refuses other bytes under a stored UID (409, reason 272): failed, or
+    skipped with skip_existing (here with the search off, the server's word)."""
+    fake.responder = google
+    old = ct()
+    fake.stored[old.SOPInstanceUID] = b"other bytes"
+    [item] = (await aiodicom.export([old], dw(fake.url))).items
+    assert item.status is Status.FAILED
+    assert isinstance(item.error, FileExistsError)
+    options = {"check_exists": False}
+    report = await aiodicom.export(
+        [old], dw(fake.url), skip_existing=True, storage_options=options
+    )
+    assert [item.status for item in report.items] == [Status.SKIPPED]
+
+
+async def test_retried_files_are_read_again(fake: FakeDicomWeb, tmp_path: Path) -> None:
+    """A 503 sends the request's instances again: files are read again for it (not
+    kept in memory meanwhile), and the same bytes arrive."""
+    paths = scans(tmp_path / "scans", studies=1, per_study=3)
+    fake.plan = [Reply(503, b"busy", {"Retry-After": "0"})]
+    report = await aiodicom.export(tmp_path / "scans", dw(fake.url), concurrency=1)
+    assert report.written == len(paths)
+    first, second = fake.stow_requests
+    assert [p.data for p in first.parts] == [p.data for p in second.parts]
+    assert [p.data for p in second.parts] == [pydicom_bytes(path) for path in paths]
+    assert [item.bytes for item in report.items] == [len(p.data) for p in second.parts]
 
 
 async def test_fail_fast_counts_the_whole_answer_then_stops(fake: FakeDicomWeb) -> None:

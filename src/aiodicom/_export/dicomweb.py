@@ -154,10 +154,11 @@ class _Entry:
 
     source: Source
     name: str
-    dataset: Dataset
+    uid: str
+    dataset: Dataset | None
+    """As read to name the item, until its first attempt takes it."""
     started: float
-    enforce_file_format: bool
-    algorithm: str | None
+    options: ExportOptions
     sent_whole: bool = False
     """The last attempt's chunks were all taken into a request that has not been
     answered yet: the server may have stored the instance."""
@@ -165,9 +166,20 @@ class _Entry:
     """The checksum of the last attempt that was sent whole."""
 
     def encode(self) -> _Encoding:
-        """A new attempt (``store_many`` calls this in a worker thread)."""
+        """A new attempt (``store_many`` calls this in a worker thread).
+
+        A file or an object is read again for a retry rather than kept in memory
+        while its request streams the instances after it and waits for the answer;
+        datasets and file objects (which cannot be read twice) are kept.
+        """
         self.sent_whole = False
-        return _Encoding(self, prepare(self.dataset, enforce_file_format=self.enforce_file_format))
+        dataset = self.dataset
+        if self.source.kind in ("path", "url"):
+            self.dataset = None
+        if dataset is None:
+            dataset = read_source(self.source, force=self.options.force)
+        plan = prepare(dataset, enforce_file_format=self.options.enforce_file_format)
+        return _Encoding(self, plan)
 
 
 class _Encoding:
@@ -179,7 +191,8 @@ class _Encoding:
 
     def chunks(self) -> Iterator[Chunk]:
         entry = self._entry
-        checksum = Checksum(entry.algorithm) if entry.algorithm else None
+        algorithm = entry.options.checksum
+        checksum = Checksum(algorithm) if algorithm else None
         for chunk in self._plan.chunks():
             if checksum is not None:
                 checksum.update(chunk)
@@ -256,7 +269,7 @@ class _Exporter:
         started = time.perf_counter()
         named: str | None = None
         try:
-            dataset, name = await anyio.to_thread.run_sync(
+            dataset, name, uid = await anyio.to_thread.run_sync(
                 self._read_and_name, source, abandon_on_cancel=True
             )
             named = name
@@ -268,14 +281,11 @@ class _Exporter:
                 )
             )
             return None
-        options = self.options
-        return _Entry(
-            source, name, dataset, started, options.enforce_file_format, options.checksum
-        )
+        return _Entry(source, name, uid, dataset, started, self.options)
 
-    def _read_and_name(self, source: Source) -> tuple[Dataset, str]:
+    def _read_and_name(self, source: Source) -> tuple[Dataset, str, str]:
         dataset = read_source(source, force=self.options.force)
-        return dataset, instance_url(self.sink.url, dataset)
+        return dataset, instance_url(self.sink.url, dataset), str(dataset.SOPInstanceUID)
 
     async def plan(self, source: Source) -> None:
         """Dry run: read and name; with the search on, ask whether the server has it."""
@@ -285,7 +295,7 @@ class _Exporter:
         status = Status.PLANNED
         error: BaseException | None = None
         try:
-            if self.check and await self.sink.exists(str(entry.dataset.SOPInstanceUID)):
+            if self.check and await self.sink.exists(entry.uid):
                 error = exists_error(entry.name)
                 status = Status.SKIPPED if self.options.skip_existing else Status.FAILED
         except Exception as exc:
@@ -296,13 +306,13 @@ class _Exporter:
     async def send(self, group: list[Source]) -> None:
         """Send a group with ``store_many``; record a result per item."""
         pending = deque(group)
-        waiting: set[_Entry] = set()  # handed to store_many, no result yet
+        waiting: dict[_Entry, None] = {}  # handed to store_many, no result yet (in order)
 
         async def items() -> AsyncGenerator[tuple[_Entry, Callable[[], _Encoding]], None]:
             while pending:
                 entry = await self.read(pending.popleft())
                 if entry is not None:
-                    waiting.add(entry)
+                    waiting[entry] = None
                     yield entry, entry.encode
 
         feed = items()
@@ -319,7 +329,7 @@ class _Exporter:
                     for other in waiting:
                         other.sent_whole = False
                     entry = result.label
-                    waiting.discard(entry)
+                    waiting.pop(entry, None)
                     # the results of one answer are counted together, whatever happens
                     with anyio.CancelScope(shield=True):
                         await self.run.record(self._item(entry, result))
