@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -283,6 +284,59 @@ def test_cli_exports_a_folder_to_orthanc(orthanc_dicomweb: str, tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert f"0 written, {len(paths)} skipped, 0 failed" in result.stdout
+
+
+def test_cli_stopped_by_sigterm_mid_export(orthanc_dicomweb: str, tmp_path: Path) -> None:
+    """SIGTERM while instances stream: exit 143; the report lists what finished and
+    what may have been stored; nothing else is in Orthanc, and nothing half."""
+    import httpx
+
+    source = tmp_path / "in"
+    source.mkdir()
+    patient = generate_uid()
+    expected = {}
+    for number in range(12):
+        ds = fresh(datasets.multiframe(8 * MiB))
+        ds.PatientID = patient
+        path = source / f"{number:02d}.dcm"
+        pydicom.dcmwrite(path, ds)
+        expected[str(ds.SOPInstanceUID)] = path
+    rest = orthanc_dicomweb.removesuffix("/dicom-web")
+    query = {"Level": "Instance", "Query": {"PatientID": patient}}
+    options = ["-j", "2", "--storage-option", "batch_count=3", "--report", "r.jsonl"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiodicom", "export", str(source), dw(orthanc_dicomweb), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    try:
+        while not httpx.post(f"{rest}/tools/find", json=query).json():
+            assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr
+    assert stdout.startswith("interrupted: ")
+    summary, lines = read_report(tmp_path / "r.jsonl")
+    assert summary["stopped_early"] is True
+    assert lines  # Orthanc had one: it was sent whole, and is listed
+    listed = {uid_in(line["destination"]): line for line in lines}
+    for uid, path in expected.items():
+        stored = anyio.run(stored_file, orthanc_dicomweb, uid)
+        line = listed.get(uid)
+        if line is None:  # in flight or not started: not stored
+            assert stored is None, path
+        elif line["status"] == "written":
+            assert stored == pydicom_bytes(path)
+        else:
+            assert line["status"] == "failed"
+            assert "may have been stored" in line["error"]
+            assert stored in (None, pydicom_bytes(path))
 
 
 def test_cli_refuses_what_does_not_apply_before_any_work(
