@@ -65,9 +65,10 @@ def fake() -> Any:
     assert not [r for r in server.requests if r.method == "DELETE"]  # never deletes
 
 
-def scans(folder: Path, *, studies: int = 2, per_study: int = 3) -> list[Path]:
+def scans(folder: Path, *, studies: int = 2, per_study: int = 3, big: bool = False) -> list[Path]:
     """A folder of DICOM files, sorted by study (as a PACS export is), plus other
-    kinds of instance; returns the files in the order the export lists them."""
+    kinds of instance (with `big`, one with 6 MiB of Pixel Data, which the export
+    streams from the file); returns the files in the order the export lists them."""
     folder.mkdir(parents=True, exist_ok=True)
     instances: list[Dataset] = []
     for _ in range(studies):
@@ -85,6 +86,8 @@ def scans(folder: Path, *, studies: int = 2, per_study: int = 3) -> list[Path]:
         datasets.private_tags,
     ):
         instances.append(fresh(make()))
+    if big:
+        instances.append(fresh(datasets.multiframe(6 * MiB, odd=True)))
     paths = []
     for number, ds in enumerate(instances):
         path = folder / f"{number:03d}.dcm"
@@ -115,7 +118,7 @@ async def test_folder_to_orthanc_batched_byte_identical(
 ) -> None:
     """Every instance stored as pydicom writes it; a non-DICOM file fails alone;
     requests hold several consecutive instances (counted by a recording proxy)."""
-    paths = scans(tmp_path / "scans")
+    paths = scans(tmp_path / "scans", big=True)
     (tmp_path / "scans" / "notes.txt").write_text("not DICOM")
     seen: list[ExportProgress] = []
     with FakeDicomWeb(forwarding(f"{orthanc_dicomweb}/studies")) as proxy:

@@ -41,15 +41,17 @@ from pydicom.dataset import Dataset
 
 from .._checksum import Checksum
 from .._core import EncodePlan, prepare
+from .._driver import _read_file_region
 from .._errors import DicomWebError, NamingError, exists_error
 from ..sinks._dicomweb_batch import _maybe_stored
 from ..sinks._protocol import Chunk
+from ..sinks._stow import MetaSniffer
 from ..sinks.dicomweb import DicomWeb, StowResult, StowStatus
 from .destination import Root
 from .naming import DEFAULT_TEMPLATE
 from .options import ExportOptions
 from .report import ExportReport, ItemResult, Status, Tally
-from .run import ProgressCallback, Run
+from .run import STREAM_SIZE, ProgressCallback, Run
 from .sources import Source, iter_sources, read_source
 
 __all__ = ["check_destination", "check_options", "instance_url", "make_sink", "run_dicomweb"]
@@ -177,9 +179,21 @@ class _Entry:
         if self.source.kind in ("path", "url"):
             self.dataset = None
         if dataset is None:
-            dataset = read_source(self.source, force=self.options.force)
-        plan = prepare(dataset, enforce_file_format=self.options.enforce_file_format)
+            dataset = _read(self.source, self.options)
+        plan = prepare(
+            dataset,
+            enforce_file_format=self.options.enforce_file_format,
+            read_deferred=_read_file_region if self.source.kind == "path" else None,
+        )
         return _Encoding(self, plan)
+
+
+def _read(source: Source, options: ExportOptions) -> Dataset:
+    """Read `source` (blocking); values of local files above ``STREAM_SIZE`` are
+    left in the file, and streamed from it as they are encoded (bounded memory,
+    the same bytes), as the other destinations' export does."""
+    defer = STREAM_SIZE if source.kind == "path" else None
+    return read_source(source, force=options.force, defer_size=defer)
 
 
 class _Encoding:
@@ -193,7 +207,15 @@ class _Encoding:
         entry = self._entry
         algorithm = entry.options.checksum
         checksum = Checksum(algorithm) if algorithm else None
+        # store_many keeps the chunks it reads the UIDs from until the part starts;
+        # a value streamed from its file comes in views of one reused buffer, so
+        # those chunks are copied (none are, when the File Meta Information leads)
+        sniffer = MetaSniffer()
         for chunk in self._plan.chunks():
+            if not sniffer.done:
+                sniffer.feed(chunk)
+                if isinstance(chunk, memoryview):
+                    chunk = chunk.tobytes()
             if checksum is not None:
                 checksum.update(chunk)
             yield chunk
@@ -284,7 +306,7 @@ class _Exporter:
         return _Entry(source, name, uid, dataset, started, self.options)
 
     def _read_and_name(self, source: Source) -> tuple[Dataset, str, str]:
-        dataset = read_source(source, force=self.options.force)
+        dataset = _read(source, self.options)
         return dataset, instance_url(self.sink.url, dataset), str(dataset.SOPInstanceUID)
 
     async def plan(self, source: Source) -> None:
