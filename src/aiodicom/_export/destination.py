@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._checksum import Checksum
 from .._errors import ChecksumMismatchError, NamingError
@@ -21,15 +21,20 @@ from ..sinks import (
     is_url,
     resolve,
 )
+from ..sinks.dicomweb import SCHEMES as DICOMWEB_SCHEMES
 from ..sinks.local import remove_stale_temporary_files
 from .sources import in_process_memory
+
+if TYPE_CHECKING:
+    from .options import ExportOptions
 
 __all__ = ["CountingAsyncSink", "CountingSink", "Root"]
 
 
 @dataclass
 class Root:
-    """The destination root: a local folder, or an fsspec URL prefix.
+    """The destination root: a local folder, an fsspec URL prefix, or a DICOMweb
+    server (``dicomweb+http(s)://``, exported by :mod:`aiodicom._export.dicomweb`).
 
     Build one with :meth:`parse`, which checks it before any work starts.
     """
@@ -57,8 +62,8 @@ class Root:
             If `destination` is not a path or a URL string.
         ValueError
             For an unknown URL protocol (or one whose package is missing),
-            `storage_options` with a local folder, or a local path that exists
-            and is not a folder.
+            `storage_options` with a local folder, a local path that exists
+            and is not a folder, or unusable DICOMweb options.
         """
         if not isinstance(destination, str | bytes | os.PathLike):
             raise TypeError(
@@ -66,6 +71,11 @@ class Root:
                 f"prefix, not {type(destination).__name__}"
             )
         location = os.fsdecode(os.fspath(destination))
+        if location.startswith(DICOMWEB_SCHEMES):
+            from .dicomweb import check_destination
+
+            check_destination(location, storage_options, upload_options)
+            return cls(location.rstrip("/"), False, storage_options)
         if is_url(location) and not location.startswith("file://"):
             _check_protocols(location)
             # bad upload options fail here, once, not once per item (building a sink
@@ -80,6 +90,19 @@ class Root:
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"the export destination {folder!r} exists and is not a folder")
         return cls(folder, True)
+
+    @property
+    def is_dicomweb(self) -> bool:
+        """Whether this is a DICOMweb server (STOW-RS), not a folder or a prefix."""
+        return self.location.startswith(DICOMWEB_SCHEMES)
+
+    def check_options(self, options: ExportOptions) -> None:
+        """Raise :class:`ValueError` for export options this destination cannot
+        honour (checked before any work; nothing to check for folders and prefixes)."""
+        if self.is_dicomweb:
+            from .dicomweb import check_options
+
+            check_options(options)
 
     @property
     def shared_between_processes(self) -> bool:

@@ -80,7 +80,7 @@ async def export(
     checksum: str | None = "crc32c",
     verify: bool = False,
 ) -> ExportReport:
-    """Export many DICOM datasets to a folder or an fsspec URL prefix.
+    """Export many DICOM datasets to a folder, an fsspec URL prefix or a DICOMweb server.
 
     Each item is read (in a worker thread), named by `template`, and written with
     :func:`aiodicom.dcmwrite`: the same bytes as :func:`pydicom.dcmwrite`, and a
@@ -98,19 +98,24 @@ async def export(
         than lists and tuples are pulled in a worker thread; async iterables are
         pulled only as fast as items are exported (backpressure).
     destination : str or os.PathLike
-        A local folder (created if needed) or an fsspec URL prefix
-        (``"s3://bucket/exports"``, ``"memory://out"``).
+        A local folder (created if needed), an fsspec URL prefix
+        (``"s3://bucket/exports"``, ``"memory://out"``), or a DICOMweb server's
+        base URL prefixed with ``dicomweb+`` (``"dicomweb+https://HOST/PATH"``:
+        many instances per STOW-RS request, see "DICOMweb servers" in the
+        documentation).
     template : str or callable, optional
         How to name each file under `destination`: a :meth:`str.format` template
         over DICOM keywords (default
         ``"{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"``), or a
         callable ``(Dataset) -> str`` returning a relative ``/``-separated path.
         Dataset values are untrusted and sanitised: see :class:`Template` rules in
-        the documentation; nothing can be named outside `destination`.
+        the documentation; nothing can be named outside `destination`.  Not for
+        a DICOMweb destination, where the server names instances by their UIDs.
     concurrency : int, optional
         How many items are read and written at once (default 16).  Each in-flight
         item uses a worker thread from anyio's default thread limiter (40
         threads unless you raise it), which therefore caps the concurrency too.
+        For a DICOMweb destination: how many requests are in flight.
     exist_ok : bool, optional
         If ``False``, an item whose destination exists fails with
         :class:`FileExistsError` (checked atomically by the sink).  Default ``True``:
@@ -120,7 +125,9 @@ async def export(
         overwritten and not failed, so an interrupted export can simply be run
         again.  Takes precedence over `exist_ok`.
     storage_options : dict, optional
-        fsspec options for a URL `destination` (credentials, endpoint...).
+        fsspec options for a URL `destination` (credentials, endpoint...); for a
+        DICOMweb destination, keyword arguments of
+        :class:`~aiodicom.sinks.DicomWeb` (``token``, ``batch_count``...).
     source_storage_options : dict, optional
         fsspec options for URL `sources`.
     upload_options : mapping, optional
@@ -191,6 +198,7 @@ async def export(
     """
     options = ExportOptions.from_arguments(locals())
     root = Root.parse(destination, options.storage_options, options.upload_options)
+    root.check_options(options)
     if report is None:
         return await run_export(
             sources, root, options, progress=progress, total=total, keep_items=keep_items
@@ -223,6 +231,10 @@ async def run_export(
     """Run an export whose settings were checked already (see :func:`export`);
     `on_item` gets every finished item (the streamed report)."""
     tally = Tally(total, keep_items=keep_items, on_item=on_item)
+    if root.is_dicomweb:
+        from .dicomweb import run_dicomweb
+
+        return await run_dicomweb(sources, root, options, progress=progress, tally=tally)
     workers = choose_workers(sources, options, total, root)
     if workers > 1:
         from .processes import run_in_processes
