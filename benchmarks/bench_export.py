@@ -228,6 +228,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--s3-server", choices=["seaweedfs", "moto"], default=None, help="default: seaweedfs"
     )
     parser.add_argument("--workdir", default=None, help="where the files go (default: temp)")
+    parser.add_argument(
+        "--large-mib", type=int, default=1024, help="size of each large instance (0: skip)"
+    )
+    parser.add_argument("--large-count", type=int, default=2, help="large instances")
+    parser.add_argument("--many", type=int, default=100_000, help="small items (0: skip)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -254,6 +259,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 options = servers.s3_options(endpoint)
                 results["s3"] = _suite(args, src, total, work, options, S3_METHODS)
                 results["s3"]["server"] = server
+        shutil.rmtree(src)
+        if args.large_mib:
+            results["large"] = _large(args, work)
+        if args.many:
+            results["many"] = _many(args, work)
         _print_table(results)
         return results
     finally:
@@ -307,6 +317,194 @@ def _suite(
         "vs_threads16": round(out["pydicom-threads16"]["seconds"] / ours, 2),
     }
     return out
+
+
+# ----------------------------------------------------------- large instances vs cp
+
+
+def _make_large(folder: Path, count: int, mib: int) -> int:
+    """`count` multi-frame CT instances of `mib` MiB, written without holding one
+    in memory (the Pixel Data is a file-like value pydicom streams)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    frame = 512 * 512 * 2
+    frames = max(1, mib * MiB // frame)
+    total = 0
+    for number in range(count):
+        pixels = folder / f"pixels-{number}.raw"
+        block = os.urandom(frame)
+        with open(pixels, "wb") as stream:
+            for _ in range(frames):
+                stream.write(block)
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.Rows = ds.Columns = 512
+        ds.NumberOfFrames = frames
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        with open(pixels, "rb") as value:
+            ds.PixelData = value
+            path = folder / f"{number:03d}.dcm"
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        pixels.unlink()
+        total += path.stat().st_size
+    return total
+
+
+def _large_child(args: argparse.Namespace) -> None:
+    """One method on the large instances: ``cp`` or the aiodicom CLI."""
+    base = rss()
+    start = time.perf_counter()
+    if args.method == "cp":
+        subprocess.run(["cp", "-r", args.src, args.dst], check=True)
+    else:
+        from aiodicom.cli import main as cli
+
+        if cli(["export", args.src, args.dst, "--template", TEMPLATE, "-q"]):
+            raise SystemExit("aiodicom export failed")
+    seconds = time.perf_counter() - start
+    peak = rss("VmHWM") + _children_peak()
+    print(json.dumps({"seconds": seconds, "peak_rss": peak, "base_rss": base}))
+
+
+def _large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    src = work / "large-src"
+    src.mkdir()
+    total = _make_large(src, args.large_count, args.large_mib)
+    print(f"{args.large_count} large instances, {total / MiB:.0f} MiB", flush=True)
+    methods = ("cp", "aiodicom-cli")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for r in range(args.rounds):
+        for method in methods[r % 2 :] + methods[: r % 2]:
+            dst = work / f"large-out-{method}"
+            argv = [sys.executable, __file__, "--large-child", method]
+            argv += ["--src", str(src), "--dst", str(dst)]
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"{method} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[method].append(result)
+            print(f"  large {method}: {result['seconds']:.2f} s", flush=True)
+            shutil.rmtree(dst, ignore_errors=True)
+    out: dict[str, Any] = {"instances": args.large_count, "mib_each": args.large_mib}
+    for method, results in runs.items():
+        seconds = min(r["seconds"] for r in results)
+        out[method] = {
+            "seconds": round(seconds, 3),
+            "mib_per_second": round(total / MiB / seconds, 1),
+            "peak_above_start_mib": round(
+                max(r["peak_rss"] - r["base_rss"] for r in results) / MiB, 1
+            ),
+            "all_seconds": [round(r["seconds"], 3) for r in results],
+        }
+    out["throughput_vs_cp"] = round(out["cp"]["seconds"] / out["aiodicom-cli"]["seconds"], 2)
+    shutil.rmtree(src)
+    return out
+
+
+# ------------------------------------------------------- memory over many items
+
+
+def _tree_rss() -> int:
+    """Resident memory of this process and its children (worker processes)."""
+    me = os.getpid()
+    total = rss()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            if parent == me:
+                with open(f"/proc/{pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _many_child(args: argparse.Namespace) -> None:
+    """Export `args.count` small items; RSS (with workers) at item 10,000 and 1,000
+    items before the end, the report streamed to a file, as the CLI does."""
+    import anyio
+
+    import aiodicom
+
+    samples: dict[str, int] = {}
+
+    def progress(p: Any) -> None:
+        if p.done == 10_000:
+            samples["at_10000"] = _tree_rss()
+        if p.done == args.count - 1000:  # near the end, worker processes still running
+            samples["at_end"] = _tree_rss()
+
+    async def main() -> Any:
+        return await aiodicom.export(
+            args.src,
+            args.dst,
+            template=TEMPLATE,
+            progress=progress,
+            report=os.path.join(os.path.dirname(args.dst), "many-report.jsonl"),
+            keep_items=False,
+        )
+
+    start = time.perf_counter()
+    report = anyio.run(main)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "written": report.written, **samples}))
+
+
+def _many(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    src = work / "many-src"
+    src.mkdir()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID = CTImageStorage
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(128)
+    prefix = generate_uid()[:40]
+    for number in range(args.many):
+        ds.SOPInstanceUID = f"{prefix}.{number}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        pydicom.dcmwrite(src / f"{number:06d}.dcm", ds, enforce_file_format=True)
+    print(f"{args.many} small items", flush=True)
+    dst = work / "many-out"
+    argv = [sys.executable, __file__, "--many-child", "aiodicom-cli", "--src", str(src)]
+    argv += ["--dst", str(dst), "--count", str(args.many)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"many failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    shutil.rmtree(src)
+    shutil.rmtree(dst, ignore_errors=True)
+    growth = result["at_end"] - result["at_10000"]
+    print(f"  many: {result['seconds']:.1f} s, RSS growth {growth / MiB:.1f} MiB", flush=True)
+    return {
+        "items": args.many,
+        "seconds": round(result["seconds"], 2),
+        "rss_at_10000_mib": round(result["at_10000"] / MiB, 1),
+        "rss_at_end_mib": round(result["at_end"] / MiB, 1),
+        "rss_growth_mib": round(growth / MiB, 1),
+    }
 
 
 def _fresh_destination(
@@ -377,12 +575,18 @@ def _print_table(results: dict[str, Any]) -> None:
             )
         if where in results:
             print(f"{where} ratios (>1: aiodicom faster): {results[where]['ratios']}")
+    if "large" in results:
+        print(f"large: {results['large']}")
+    if "many" in results:
+        print(f"many: {results['many']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--child", choices=LOCAL_METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--large-child", choices=("cp", "aiodicom-cli"), help=argparse.SUPPRESS)
+    parser.add_argument("--many-child", choices=("aiodicom-cli",), help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--dst", help=argparse.SUPPRESS)
     parser.add_argument("--storage-options", help=argparse.SUPPRESS)
@@ -390,6 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         args.method = args.child
         child(args)
+        return 0
+    if args.large_child:
+        args.method = args.large_child
+        _large_child(args)
+        return 0
+    if args.many_child:
+        _many_child(args)
         return 0
     print(f"-> {save_result('export', args, run(args))}")
     return 0

@@ -47,6 +47,7 @@ __all__ = [
     "Request",
     "azure",
     "dicom_json",
+    "forwarding",
     "google",
     "standard",
 ]
@@ -347,6 +348,16 @@ def standard(fake: FakeDicomWeb, request: Request) -> Reply:
         referenced.append(referenced_item(fake, part))
     status = 200 if not failed else 202 if referenced else 409
     return Reply(status, dicom_json(referenced, failed), _JSON)
+
+
+def forwarding(url: str) -> Responder:
+    """Pass every STOW-RS request on to `url` (``{base}/studies`` of a real server)
+    and answer what it answered: a proxy that records the requests."""
+
+    def respond(fake: FakeDicomWeb, request: Request) -> Reply:
+        return _forward(url, request)
+
+    return respond
 
 
 def azure(fake: FakeDicomWeb, request: Request) -> Reply:

@@ -342,12 +342,14 @@ async def test_export_folder_example_writes_then_resumes(
 async def test_export_to_dicomweb(
     orthanc_dicomweb: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """pydicom's example files, four requests in flight, land in Orthanc whole."""
+    """pydicom's example files, exported in one request, land in Orthanc whole."""
     example = load("export_to_dicomweb")
     files = example.files(None)
     assert await example.main(orthanc_dicomweb, files) == 0
     out = capsys.readouterr().out
-    assert f"{len(files)} stored, 0 exists, 0 failed" in out
+    assert f"{len(files)} written, 0 skipped, 0 failed" in out
+    for file in files:
+        assert f"written {file} -> {orthanc_dicomweb}/studies/" in out
     orthanc = orthanc_dicomweb.removesuffix("/dicom-web")
     async with httpx.AsyncClient() as client:
         for file in files:

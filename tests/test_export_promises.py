@@ -368,3 +368,183 @@ async def test_a_streamed_report_and_only_failures_in_memory(tmp_path: Path) -> 
     assert summary["written"] == 30
     assert summary["bytes_written"] == report.bytes_written
     assert {line["status"] for line in lines} == {"written", "failed"}
+
+
+# --- item 15: a process killed outright leaves nothing; stale leftovers are swept -----
+
+_KILLED_WRITER = """
+import io, os, sys
+import anyio
+sys.path.insert(0, sys.argv[3])
+import aiodicom
+from tests import datasets
+
+class Stalling(io.RawIOBase):
+    # Pixel Data that arrives slowly: half of it, then a wait for the kill
+    def __init__(self, size):
+        self.size, self.position = size, 0
+    def readable(self):
+        return True
+    def seekable(self):
+        return True
+    def tell(self):
+        return self.position
+    def seek(self, offset, whence=0):
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = base + offset
+        return self.position
+    def readinto(self, buffer):
+        if self.position >= 8 * 1024 * 1024:
+            print("writing", flush=True)
+            import time
+            time.sleep(60)
+        n = max(0, min(len(buffer), self.size - self.position))
+        buffer[:n] = b"\\x01" * n
+        self.position += n
+        return n
+
+ds = datasets.ct_slice(16, 16)
+ds.PixelData = io.BufferedReader(Stalling(16 * 1024 * 1024))
+anyio.run(lambda: aiodicom.dcmwrite(sys.argv[1], ds, exist_ok=sys.argv[2] == "1"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("exist_ok", "existing"),
+    [(True, True), (True, False), (False, False)],  # exclusive + existing fails at once
+)
+def test_a_killed_writer_leaves_no_temporary_file(
+    tmp_path: Path, exist_ok: bool, existing: bool
+) -> None:
+    target = tmp_path / "out.dcm"
+    if existing:
+        target.write_bytes(b"old")
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(target), "1" if exist_ok else "0", str(ROOT)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"writing\n"  # 8 MiB written, mid-write
+    process.kill()
+    process.wait()
+    expected = ["out.dcm"] if existing else []
+    assert sorted(os.listdir(tmp_path)) == expected
+    if existing:
+        assert target.read_bytes() == b"old"
+
+
+async def test_export_removes_stale_temporary_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".x.dcm.deadbeef.aiodicom-tmp"
+    fresh = out / ".y.dcm.cafef00d.aiodicom-tmp"
+    stale.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"being written by another export")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    report = await aiodicom.export([_slice(1)], out, template="{SOPInstanceUID}.dcm", workers=1)
+    assert report.ok
+    assert not stale.exists()
+    assert fresh.exists()  # written to recently: not a leftover
+
+
+# --- sweep of the error mapping: only a failed exclusive create is FileExistsError ----
+
+
+async def test_azure_leased_blob_is_not_reported_as_existing(
+    azure_container: str, azure_storage_options: dict[str, Any]
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    container = azure_container.removeprefix("az://")
+    service = BlobServiceClient.from_connection_string(azure_storage_options["connection_string"])
+    blob = service.get_blob_client(container, "leased.dcm")
+    blob.upload_blob(b"old")
+    lease = blob.acquire_lease()
+    try:
+        with pytest.raises(Exception) as caught:  # noqa: PT011 (the type is the point)
+            await aiodicom.dcmwrite(
+                f"{azure_container}/leased.dcm",
+                _slice(1),
+                exist_ok=True,
+                storage_options=azure_storage_options,
+            )
+        assert not isinstance(caught.value, FileExistsError), caught.value
+        assert blob.download_blob().readall() == b"old"
+    finally:
+        lease.release()
+
+
+def test_azure_conflicts_other_than_an_existing_blob_keep_their_error() -> None:
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+    from aiodicom.sinks._stores.azure import _is_exists
+
+    def conflict(cls: type[Exception], code: str | None) -> Exception:
+        error = cls(message=f"{code}")
+        error.error_code = code  # type: ignore[attr-defined]
+        return error
+
+    assert _is_exists(conflict(ResourceExistsError, "BlobAlreadyExists"))
+    assert _is_exists(conflict(ResourceModifiedError, "ConditionNotMet"))
+    assert _is_exists(conflict(ResourceExistsError, None))
+    for code in ("LeaseIdMissing", "PendingCopyOperation", "OperationNotAllowedInCurrentState"):
+        assert not _is_exists(conflict(ResourceExistsError, code))
+
+
+# --- issue 13: large values stream from the source file, memory stays bounded ---------
+
+
+def _large_sources(folder: Path) -> list[Path]:
+    """Source files with values beyond the streaming size: a 24 MiB multi-frame
+    (odd length, padded), the same in Implicit VR and in Big Endian, and a large
+    OB value besides the Pixel Data."""
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    folder.mkdir()
+    paths = []
+    for number, syntax in enumerate([None, ImplicitVRLittleEndian, ExplicitVRBigEndian]):
+        ds = datasets.multiframe(24 * 1024 * 1024, odd=number == 0)
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.66.{number}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if syntax is not None:
+            ds.file_meta.TransferSyntaxUID = syntax
+        if number == 0:
+            ds.add_new(0x00091010, "OB", b"\x07" * (6 * 1024 * 1024 + 1))
+            ds.add_new(0x00090010, "LO", "aiodicom test")
+        path = folder / f"{number}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+        del ds
+    return paths
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_large_values_stream_from_the_source_with_bounded_memory(
+    tmp_path: Path, workers: int
+) -> None:
+    import tracemalloc
+
+    sources = _large_sources(tmp_path / "in")
+    expected = {p.name: pydicom_bytes(pydicom.dcmread(p)) for p in sources}
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        report = await aiodicom.export(
+            [str(p) for p in sources],
+            tmp_path / "out",
+            template="{SOPInstanceUID}.dcm",
+            workers=workers,
+            concurrency=1,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.ok, report.failures
+    by_source = {Path(i.source).name: Path(i.destination or "") for i in report.items}
+    for name, data in expected.items():
+        assert by_source[name].read_bytes() == data
+    if workers == 1:  # the values never were in this process's memory at once
+        assert peak - base < 16 * 1024 * 1024, peak - base

@@ -1007,3 +1007,31 @@ def test_dask_partitions_stop_at_their_own_run_of_destination_errors() -> None:
     )
     assert report.failed == 40  # 20 per partition
     assert report.stopped_early
+
+
+def test_deidentified_to_a_dicomweb_server(
+    archive: Path, orthanc_dicomweb: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mixed archive through the de-identification example to Orthanc: the
+    same skips, the transform applied before the instances leave."""
+    import httpx
+
+    example = _load_example()
+    secret = f"ux-{os.getpid()}-{id(archive)}"  # fresh UIDs: Orthanc keeps first copies
+    monkeypatch.setattr(example, "SECRET", secret.encode())
+    env = dict(os.environ, DEID_SECRET=secret)
+    transform = ["--transform", f"{EXAMPLE}:deidentify"]
+    result = cli("export", archive, f"dicomweb+{orthanc_dicomweb}", *transform, env=env)
+    assert result.returncode == 0, result.stderr
+    assert summary(result.stdout).startswith("2 written, 5 skipped, 0 failed")
+    rest = orthanc_dicomweb.removesuffix("/dicom-web")
+    with httpx.Client(timeout=60) as client:
+        for relative in INSTANCES:
+            source = pydicom.dcmread(archive / relative)
+            uid = example.new_uid(str(source.SOPInstanceUID))
+            query = {"Level": "Instance", "Query": {"SOPInstanceUID": uid}}
+            (found,) = client.post(f"{rest}/tools/find", json=query).json()
+            stored = client.get(f"{rest}/instances/{found}/file").content
+            path = archive.parent / f"{uid}.dcm"
+            path.write_bytes(stored)
+            _assert_deidentified(path, source, example)

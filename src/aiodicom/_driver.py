@@ -220,6 +220,8 @@ async def dcmwrite(
                 )
             algorithm = able.checksum
 
+        read_deferred = _deferred_reader()
+
         def plan() -> EncodePlan:
             def on_open(encoding: tuple[bool, bool]) -> None:
                 # pydicom reports a bad destination only once the dataset has passed
@@ -237,6 +239,7 @@ async def dcmwrite(
                 enforce_file_format=enforce_file_format,
                 force_encoding=force_encoding,
                 on_open=on_open,
+                read_deferred=read_deferred,
             )
 
         if isinstance(sink, Sink):
@@ -455,6 +458,70 @@ def encode_in_threads() -> Iterator[None]:
         _ENCODE_INLINE.reset(token)
 
 
+_STREAM_DEFERRED: ContextVar[bool] = ContextVar("aiodicom_stream_deferred", default=False)
+
+
+@contextmanager
+def stream_deferred_values() -> Iterator[None]:
+    """Within this context, large deferred values (a dataset read with
+    ``defer_size`` from a file path) are streamed from their file in slices as
+    they are written, instead of being read whole into the dataset first: memory
+    stays bounded whatever the size of the value.  The bytes are the same; the
+    dataset is left with its values still deferred (pydicom would have read them
+    into it), which is why only the bulk export, which owns its datasets, asks
+    for it."""
+    token = _STREAM_DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _STREAM_DEFERRED.reset(token)
+
+
+_REGION_SLICE: Final = 4 * 1024 * 1024
+
+
+def _read_file_region(
+    path: str, timestamp: float | None, offset: int, length: int
+) -> Iterator[memoryview] | None:
+    """The `length` bytes at `offset` of `path`, in slices of one reused buffer
+    (each slice is written before the next is read); ``None`` when the file does
+    not hold them all (a damaged file: pydicom's own read then decides what is
+    written).  Warns as pydicom does if the file changed since it was read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # pydicom's deferred read reports it its own way
+    if offset + length > st.st_size:
+        return None
+    if timestamp is not None and st.st_mtime != timestamp:
+        warn_and_log("Deferred read warning -- file modification time has changed")
+    return _slices_of(path, offset, length)
+
+
+def _slices_of(path: str, offset: int, length: int) -> Iterator[memoryview]:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        buffer = bytearray(min(_REGION_SLICE, length))
+        view = memoryview(buffer)
+        done = 0
+        while done < length:
+            want = min(len(buffer), length - done)
+            got = os.preadv(fd, [view[:want]], offset + done)
+            if got <= 0:
+                raise OSError(
+                    f"Deferred read -- {path!r} ended {length - done} bytes before the "
+                    "value it was read with"
+                )
+            done += got
+            yield view[:got]
+    finally:
+        os.close(fd)
+
+
+def _deferred_reader() -> Callable[[str, float | None, int, int], Iterator[Chunk] | None] | None:
+    return _read_file_region if _STREAM_DEFERRED.get() else None
+
+
 def _inline_lock() -> anyio.Lock:
     """The event loop's lock for inline encoding (one per running loop)."""
     try:
@@ -565,7 +632,12 @@ def write_in_this_thread(
     attempts = RetryPolicy(able.retries, deadline=None).start()
     while True:
         try:
-            plan = prepare(dataset, enforce_file_format=enforce_file_format, on_open=on_open)
+            plan = prepare(
+                dataset,
+                enforce_file_format=enforce_file_format,
+                on_open=on_open,
+                read_deferred=_deferred_reader(),
+            )
             written = _write_chunks(sink, plan.chunks(), exist_ok, algorithm, check=check)
             return WriteResult(_describe(sink), *written)
         except RetryableError as exc:

@@ -56,6 +56,12 @@ from .rules import CHUNK_SIZE, PASSTHROUGH_MIN, VERBATIM_VRS, Chunk
 __all__ = ["EncodePlan", "prepare"]
 
 _PIXEL_DATA: Final = 0x7FE00010
+
+ReadDeferred = Callable[[str, "float | None", int, int], "Iterator[Chunk] | None"]
+"""``read(path, timestamp, offset, length)``: the `length` bytes at `offset` of the
+file a dataset was read from (its modification time then was `timestamp`), as
+chunks, or ``None`` if it cannot give them all (pydicom then reads the value).
+The caller supplies it: the core reads nothing itself."""
 _DEFLATE_SLICE: Final = 1024 * 1024
 
 _TAG = {True: Struct("<HH"), False: Struct(">HH")}
@@ -75,6 +81,9 @@ class EncodePlan:
     head: bytes
     """Preamble, prefix and File Meta Information: everything before the dataset."""
     deflate: bool
+    read_deferred: ReadDeferred | None = None
+    """How large deferred values are streamed from the file the dataset was read
+    from (see :func:`prepare`); ``None``: pydicom reads them, whole."""
 
     def chunks(self) -> Generator[Chunk, None, None]:
         """Yield the encoded file, in order, as ``bytes`` or ``memoryview`` chunks.
@@ -86,7 +95,9 @@ class EncodePlan:
         """
         if self.head:
             yield self.head
-        body = _encode_dataset(self.dataset, self.implicit_vr, self.little_endian)
+        body = _encode_dataset(
+            self.dataset, self.implicit_vr, self.little_endian, self.read_deferred
+        )
         if self.deflate:
             body = _deflate(body)
         pending = bytearray()
@@ -113,6 +124,7 @@ def prepare(
     enforce_file_format: bool = False,
     force_encoding: bool = False,
     on_open: Callable[[tuple[bool, bool]], None] | None = None,
+    read_deferred: ReadDeferred | None = None,
 ) -> EncodePlan:
     """Validate `dataset` exactly as :func:`pydicom.dcmwrite` does, then plan it.
 
@@ -184,8 +196,16 @@ def prepare(
         and tsyntax.is_transfer_syntax
         and "PixelData" in dataset
     ):
-        with _source_lock(dataset):  # a deferred Pixel Data is read here, as in pydicom
-            dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
+        raw = dataset._dict.get(BaseTag(_PIXEL_DATA))
+        if (
+            read_deferred is not None
+            and _streamable(dataset, raw)
+            and not tsyntax.is_compressed  # a defined length stays defined
+        ):
+            pass  # the flag pydicom would set changes nothing: no need to read it
+        else:
+            with _source_lock(dataset):  # a deferred Pixel Data is read here, as in pydicom
+                dataset["PixelData"].is_undefined_length = tsyntax.is_compressed
 
     if on_open is not None:
         on_open(encoding)
@@ -208,6 +228,7 @@ def prepare(
         little_endian=encoding[1],
         head=bytes(head),
         deflate=tsyntax == DeflatedExplicitVRLittleEndian,
+        read_deferred=read_deferred,
     )
 
 
@@ -231,7 +252,12 @@ def _deflate(body: Iterator[Chunk]) -> Iterator[Chunk]:
         yield b"\x00"
 
 
-def _encode_dataset(dataset: Dataset, implicit_vr: bool, little_endian: bool) -> Iterator[Chunk]:
+def _encode_dataset(
+    dataset: Dataset,
+    implicit_vr: bool,
+    little_endian: bool,
+    read_deferred: ReadDeferred | None = None,
+) -> Iterator[Chunk]:
     """Yield the top-level `dataset` encoded like ``pydicom.filewriter.write_dataset``.
 
     Elements go through pydicom's ``write_data_element`` into a small buffer, except
@@ -255,7 +281,16 @@ def _encode_dataset(dataset: Dataset, implicit_vr: bool, little_endian: bool) ->
         if tag.element == 0 and tag.group > 6:
             continue
         with tag_in_exception(tag):
-            if _is_deferred(dataset._dict.get(tag)):
+            raw = dataset._dict.get(tag)
+            if read_deferred is not None and get_item == dataset.get_item:
+                stream = _stream_deferred(dataset, raw, implicit_vr, little_endian, read_deferred)
+                if stream is not None:
+                    if buffer.tell():
+                        yield buffer.getvalue()
+                        buffer = _new_buffer(encoding)
+                    yield from stream
+                    continue
+            if _is_deferred(raw):
                 with source:
                     elem = get_item(tag)
             else:
@@ -448,6 +483,50 @@ def _buffers_in(elem: DataElement | RawDataElement) -> list[Any]:
 
 def _is_deferred(elem: DataElement | RawDataElement | None) -> bool:
     return isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0
+
+
+def _streamable(dataset: Dataset, raw: DataElement | RawDataElement | None) -> bool:
+    """Whether `raw` is a large deferred value of a dataset read from a file path,
+    which the caller's reader can stream: defined length, pass-through size."""
+    return (
+        isinstance(raw, RawDataElement)
+        and raw.value is None
+        and raw.length != 0xFFFFFFFF
+        and raw.length >= PASSTHROUGH_MIN
+        and isinstance(getattr(dataset, "filename", None), str)
+    )
+
+
+def _stream_deferred(
+    dataset: Dataset,
+    raw: DataElement | RawDataElement | None,
+    implicit_vr: bool,
+    little_endian: bool,
+    read_deferred: ReadDeferred,
+) -> Iterator[Chunk] | None:
+    """The chunks of a deferred raw value, streamed from its file: the header
+    pydicom writes for a raw element (its value as it is, no padding), then the
+    value's bytes as `read_deferred` hands them on.  ``None`` if pydicom must
+    read it (too small, undefined length, a VR whose header it rewrites)."""
+    if not _streamable(dataset, raw):
+        return None
+    assert isinstance(raw, RawDataElement)
+    vr = raw.VR or ""
+    if not implicit_vr and vr not in EXPLICIT_VR_LENGTH_32:
+        return None  # 16-bit length, VR change to UN or ambiguous VR: pydicom's job
+    if raw.tag == _PIXEL_DATA and raw.length == 0xFFFFFFFF:
+        return None
+    filename, timestamp = dataset.filename, getattr(dataset, "timestamp", None)
+    assert isinstance(filename, str)
+    value = read_deferred(filename, timestamp, raw.value_tell, raw.length)
+    if value is None:
+        return None
+
+    def chunks() -> Iterator[Chunk]:
+        yield _header(raw.tag, vr, raw.length, False, implicit_vr, little_endian)
+        yield from value
+
+    return chunks()
 
 
 def _source_lock(dataset: Dataset) -> Any:

@@ -82,6 +82,11 @@ class OrderedNames:
             self._resolved.add(seq)
         return self._advance()
 
+    def take(self, name: str) -> str | DuplicateDestinationError:
+        """Decide a claim on `name` now, out of order (for exports whose items
+        have no sequence numbers)."""
+        return self._decide(name)
+
     def _advance(self) -> list[Grant]:
         grants: list[Grant] = []
         while True:
@@ -138,6 +143,20 @@ class NameGate:
         finally:
             self._events.pop(seq, None)
             self._answers.pop(seq, None)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def claim_now(self, name: str) -> str:
+        """:meth:`claim` without waiting for earlier items (first come, first
+        served): for exports that cannot wait, such as DICOMweb batches.
+
+        Raises
+        ------
+        DuplicateDestinationError
+            If `name` is taken and conflicts fail.
+        """
+        answer = self.names.take(name)
         if isinstance(answer, BaseException):
             raise answer
         return answer

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._checksum import Checksum
 from .._errors import ChecksumMismatchError, DestinationError, NamingError
@@ -23,9 +23,13 @@ from ..sinks import (
     is_url,
     resolve,
 )
-from ..sinks.local import TEMP_SUFFIX
+from ..sinks.dicomweb import SCHEMES as DICOMWEB_SCHEMES
+from ..sinks.local import TEMP_SUFFIX, remove_stale_temporary_files
 from .report import describe_error
 from .sources import in_process_memory
+
+if TYPE_CHECKING:
+    from .options import ExportOptions
 
 __all__ = ["PROBE_PREFIX", "CountingAsyncSink", "CountingSink", "Root"]
 
@@ -35,8 +39,9 @@ PROBE_PREFIX = ".aiodicom-probe-"
 
 @dataclass
 class Root:
-    """The destination root: a local folder, an fsspec URL prefix, or a callable
-    that returns a sink for each name.
+    """The destination root: a local folder, an fsspec URL prefix, a DICOMweb
+    server (``dicomweb+http(s)://``, exported by :mod:`aiodicom._export.dicomweb`),
+    or a callable that returns a sink for each name.
 
     Build one with :meth:`parse`, which checks it before any work starts.
     """
@@ -46,6 +51,8 @@ class Root:
     storage_options: dict[str, Any] | None = None
     upload_options: dict[str, Any] = field(default_factory=dict)
     _fs: Any = field(default=None, repr=False)
+    _swept: set[str] = field(default_factory=set, repr=False, compare=False)
+    _real_root: str | None = field(default=None, repr=False, compare=False)
     factory: Callable[[str], Any] | None = field(default=None, repr=False)
 
     @classmethod
@@ -64,8 +71,8 @@ class Root:
             is refused: it holds one file, an export writes many).
         ValueError
             For an unknown URL protocol (or one whose package is missing),
-            `storage_options` with a local folder or a callable, or a local path
-            that exists and is not a folder.
+            `storage_options` with a local folder or a callable, a local path
+            that exists and is not a folder, or unusable DICOMweb options.
         """
         if not isinstance(destination, str | bytes | os.PathLike):
             if callable(destination):
@@ -88,6 +95,11 @@ class Root:
                 f"{type(destination).__name__}"
             )
         location = os.fsdecode(os.fspath(destination))
+        if location.startswith(DICOMWEB_SCHEMES):
+            from .dicomweb import check_destination
+
+            check_destination(location, storage_options, upload_options)
+            return cls(location.rstrip("/"), False, storage_options)
         if is_url(location) and not location.startswith("file://"):
             _check_protocols(location)
             # bad upload options fail here, once, not once per item (building a sink
@@ -102,6 +114,21 @@ class Root:
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"the export destination {folder!r} exists and is not a folder")
         return cls(folder, True)
+
+    @property
+    def is_dicomweb(self) -> bool:
+        """Whether this is a DICOMweb server (STOW-RS), not a folder or a prefix."""
+        return self.location.startswith(DICOMWEB_SCHEMES)
+
+    def check_options(self, options: ExportOptions) -> None:
+        """Raise :class:`ValueError` for export options this destination cannot
+        honour (checked before any work; nothing to check for folders and prefixes)."""
+        if self.is_dicomweb:
+            from .dicomweb import check_options
+
+            check_options(options)
+        if options.verify and self.factory is not None:
+            raise ValueError("verify=True cannot read back what a callable destination wrote")
 
     @property
     def shared_between_processes(self) -> bool:
@@ -119,15 +146,15 @@ class Root:
         removed (in a dry run: the nearest existing folder must be writable;
         nothing is created).  A URL root gets an upload started and discarded
         (:meth:`aiodicom.sinks.fsspec.FsspecFile.probe`): the bucket or
-        container exists and the credentials may write.  A callable is not
-        checked (it is yours).
+        container exists and the credentials may write.  A callable (it is
+        yours) and a DICOMweb server (its options were checked) are not.
 
         Raises
         ------
         DestinationError
             If the destination cannot be written; ``__cause__`` says why.
         """
-        if self.factory is not None:
+        if self.factory is not None or self.is_dicomweb:
             return
         try:
             if self.is_local:
@@ -174,7 +201,9 @@ class Root:
         joined = os.path.normpath(os.path.join(self.location, *relative.split("/")))
         if os.path.commonpath([self.location, joined]) != self.location:
             raise NamingError(f"{relative!r} would leave the destination {self.location!r}")
-        real_root = os.path.realpath(self.location)
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.location)
+        real_root = self._real_root
         real = os.path.realpath(joined)
         if os.path.commonpath([real_root, real]) != real_root:
             raise NamingError(
@@ -184,9 +213,19 @@ class Root:
         return joined
 
     def make_parent(self, destination: str) -> None:
-        """Create the folders `destination` needs (local roots only; blocking)."""
-        if self.is_local:
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
+        """Create the folders `destination` needs (local roots only; blocking).
+
+        The first time this export writes into a folder, temporary files that an
+        earlier crash left there are removed (see
+        :func:`aiodicom.sinks.local.remove_stale_temporary_files`).
+        """
+        if not self.is_local:
+            return
+        folder = os.path.dirname(destination)
+        os.makedirs(folder, exist_ok=True)
+        if folder not in self._swept:
+            self._swept.add(folder)
+            remove_stale_temporary_files(folder)
 
     def exists(self, destination: str) -> bool:
         """Whether `destination` exists now (blocking; ``False`` for a callable

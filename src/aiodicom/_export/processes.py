@@ -59,7 +59,7 @@ from typing import Any, Final
 import anyio
 import anyio.to_thread
 
-from .._driver import encode_in_threads
+from .._driver import encode_in_threads, stream_deferred_values
 from .._errors import RemoteError
 from .claims import FIRST, Grant, NameGate, OrderedNames
 from .destination import Root
@@ -134,7 +134,8 @@ def worker_main(
     with contextlib.suppress(ValueError):  # a forked child must not wake the parent's loop
         signal.set_wakeup_fd(-1)
     try:
-        _BlockingWorker(connection, root, options).serve()
+        with stream_deferred_values():
+            _BlockingWorker(connection, root, options).serve()
     finally:
         connection.close()
 
@@ -451,7 +452,7 @@ class _Pool:
     async def _here(self, source: Source, seq: int, limiter: anyio.Semaphore) -> None:
         """An item that cannot travel to a worker, exported in this process."""
         try:
-            with encode_in_threads():
+            with encode_in_threads(), stream_deferred_values():
                 result, there = await self.local.export_one(source, seq)
             await self._record(result, there)
         finally:

@@ -24,7 +24,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydicom.dataset import Dataset
 
 from .._checksum import Checksum
-from .._driver import dcmwrite, encode_in_threads, write_in_this_thread
+from .._driver import (
+    dcmwrite,
+    encode_in_threads,
+    stream_deferred_values,
+    write_in_this_thread,
+)
 from .._errors import DestinationError, SourceSkipped, TransformError, exists_error
 from .claims import FIRST, NameGate, OrderedNames
 from .destination import CountingAsyncSink, CountingSink, Root
@@ -63,6 +68,10 @@ __all__ = [
 logger = logging.getLogger("aiodicom.export")
 
 DEFER_SIZE: Final = 16 * 1024
+STREAM_SIZE: Final = 4 * 1024 * 1024
+"""Values of local source files larger than this are not read with the dataset:
+they are streamed from the source file as they are written (bounded memory, the
+same bytes)."""
 """With ``skip_existing``, local sources are first read with values above this
 size deferred, so an item whose destination exists costs only its header."""
 
@@ -100,7 +109,8 @@ async def export(
     exclude: str | Iterable[str] | None = None,
     on_conflict: Literal["fail", "suffix"] = "fail",
 ) -> ExportReport:
-    """Export many DICOM datasets to a folder, an fsspec URL prefix or your sinks.
+    """Export many DICOM datasets to a folder, an fsspec URL prefix, a DICOMweb server
+    or your sinks.
 
     Each item is read (in a worker thread), transformed if you say so, named by
     `template`, and written with :func:`aiodicom.dcmwrite`: the same bytes as
@@ -129,12 +139,14 @@ async def export(
         (:class:`~aiodicom.SourceSkipped`), not failed.
     destination : str, os.PathLike or callable
         A local folder (created if needed); an fsspec URL prefix
-        (``"s3://bucket/exports"``, ``"memory://out"``); or a callable
-        ``name -> sink`` that gets each item's relative name (``"a/b/c.dcm"``)
-        and returns anything :func:`aiodicom.dcmwrite` writes to (a
-        :class:`~aiodicom.Sink`, an :class:`~aiodicom.AsyncSink`, a path, a
-        URL...); a sink class such as :class:`~aiodicom.sinks.LocalFile` works
-        as it is.
+        (``"s3://bucket/exports"``, ``"memory://out"``); a DICOMweb server's
+        base URL prefixed with ``dicomweb+`` (``"dicomweb+https://HOST/PATH"``:
+        many instances per STOW-RS request, see "DICOMweb servers" in the
+        documentation); or a callable ``name -> sink`` that gets each item's
+        relative name (``"a/b/c.dcm"``) and returns anything
+        :func:`aiodicom.dcmwrite` writes to (a :class:`~aiodicom.Sink`, an
+        :class:`~aiodicom.AsyncSink`, a path, a URL...); a sink class such as
+        :class:`~aiodicom.sinks.LocalFile` works as it is.
     template : str or callable, optional
         How to name each file under `destination`: a :meth:`str.format` template
         over DICOM keywords (default
@@ -143,11 +155,13 @@ async def export(
         file name as ``{source_name}`` / ``{source_stem}``; or a callable
         ``(Dataset) -> str`` returning a relative ``/``-separated path.  Dataset
         values are untrusted and sanitised: see :class:`Template` rules in the
-        documentation; nothing can be named outside `destination`.
+        documentation; nothing can be named outside `destination`.  Not for a
+        DICOMweb destination, where the server names instances by their UIDs.
     concurrency : int, optional
         How many items are read and written at once (default 16).  Each in-flight
         item uses a worker thread from anyio's default thread limiter (40
         threads unless you raise it), which therefore caps the concurrency too.
+        For a DICOMweb destination: how many requests are in flight.
     exist_ok : bool, optional
         If ``False``, an item whose destination exists fails with
         :class:`FileExistsError` (checked atomically by the sink).  Default ``True``:
@@ -157,7 +171,9 @@ async def export(
         overwritten and not failed, so an interrupted export can simply be run
         again.  Takes precedence over `exist_ok`.
     storage_options : dict, optional
-        fsspec options for a URL `destination` (credentials, endpoint...).
+        fsspec options for a URL `destination` (credentials, endpoint...); for a
+        DICOMweb destination, keyword arguments of
+        :class:`~aiodicom.sinks.DicomWeb` (``token``, ``batch_count``...).
     source_storage_options : dict, optional
         fsspec options for URL `sources`.
     upload_options : mapping, optional
@@ -254,8 +270,7 @@ async def export(
     """
     options = ExportOptions.from_arguments(locals())
     root = Root.parse(destination, options.storage_options, options.upload_options)
-    if options.verify and root.factory is not None:
-        raise ValueError("verify=True cannot read back what a callable destination wrote")
+    root.check_options(options)
     if report is None:
         return await run_export(
             sources, root, options, progress=progress, total=total, keep_items=keep_items
@@ -300,6 +315,10 @@ async def run_export(
     if check_destination:
         await anyio.to_thread.run_sync(functools.partial(root.check, dry_run=options.dry_run))
     tally = Tally(total, keep_items=keep_items, on_item=on_item)
+    if root.is_dicomweb:
+        from .dicomweb import run_dicomweb
+
+        return await run_dicomweb(sources, root, options, progress=progress, tally=tally)
     selection = selection_for(root, options)
     workers = choose_workers(sources, options, total, root)
     if workers > 1:
@@ -311,7 +330,7 @@ async def run_export(
     run = Run(root, options, progress, tally)
     send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
     # Throughput first: encode in the worker threads, as a thread pool would.
-    with encode_in_threads():
+    with encode_in_threads(), stream_deferred_values():
         await _run_all(run, sources, options.source_storage_options, selection, send, receive)
     if run.callback_error is not None:
         raise run.callback_error  # itself, not wrapped in an exception group
@@ -739,10 +758,16 @@ class Run:
         return (None if deferred else dataset), name
 
     def _read(self, source: Source) -> tuple[Dataset, bool]:
-        """Read `source` (blocking); ``True`` if its large values were deferred
-        (a first look, to name it: it is read again to be written)."""
-        defer = DEFER_SIZE if self.look_first and source.kind == "path" else None
-        return read_source(source, force=self.force, defer_size=defer), defer is not None
+        """Read `source` (blocking); ``True`` if it was a first look, with values
+        above ``DEFER_SIZE`` deferred, only to name it (it is read again to be
+        written).  Otherwise values of local files above ``STREAM_SIZE`` stay in
+        the file and are streamed from it as they are written."""
+        if source.kind == "path":
+            defer: int | None = DEFER_SIZE if self.look_first else STREAM_SIZE
+        else:
+            defer = None
+        dataset = read_source(source, force=self.force, defer_size=defer)
+        return dataset, defer == DEFER_SIZE
 
     def _name(self, source: Source, dataset: Dataset, deferred: bool) -> str:
         """Name `dataset` (blocking: creates the folders it needs unless it is to
@@ -858,7 +883,8 @@ class Run:
         """In a worker thread: ``None`` if `destination` exists, else the full dataset."""
         if self.root.exists(destination):
             return None
-        dataset = read_source(source, force=self.force)
+        defer = STREAM_SIZE if source.kind == "path" else None
+        dataset = read_source(source, force=self.force, defer_size=defer)
         _unless_abandoned()
         self._make_parent(destination)
         return dataset
@@ -866,21 +892,26 @@ class Run:
     async def record(self, result: ItemResult, at_destination: bool = False) -> None:
         """Add `result` and report progress (callbacks run one at a time, in order).
 
-        The item is counted before anything can be cancelled; a callback that
-        raises stops the export, and :func:`run_export` raises its exception.
-        So does a run of items failed at the destination with the same error
-        (:class:`~aiodicom.DestinationError`).
+        The item is counted, and a synchronous callback called, before anything
+        can be cancelled (a callback that does not await needs no lock to keep the
+        order); a callback that raises stops the export, and :func:`run_export`
+        raises its exception.  So does a run of items failed at the destination
+        with the same error (:class:`~aiodicom.DestinationError`).
         """
         now = self.tally.add(result)
         if self.progress is not None and self.callback_error is None:
-            async with self.progress_lock:
-                try:
+            try:
+                if not inspect.iscoroutinefunction(self.progress):
                     outcome = self.progress(now)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-                except Exception as exc:
-                    self.callback_error = exc
-                    self._stop()
+                    if inspect.isawaitable(outcome):  # a sync function returning one
+                        async with self.progress_lock:
+                            await outcome
+                else:
+                    async with self.progress_lock:
+                        await self.progress(now)
+            except Exception as exc:
+                self.callback_error = exc
+                self._stop()
         if self.fail_fast and result.status is Status.FAILED:
             self.tally.stopped_early = True
             self._stop()

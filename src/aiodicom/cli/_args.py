@@ -153,7 +153,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=16,
         metavar="N",
-        help="files in flight at once (default: 16)",
+        help="files in flight at once; for a dicomweb+ destination, requests (default: 16)",
     )
     parser.add_argument(
         "--workers",
@@ -209,7 +209,8 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="fsspec option for a URL destination; VALUE is a string",
+        help="fsspec option for a URL destination (for a dicomweb+ URL: a DicomWeb "
+        "option); VALUE is a string",
     )
     parser.add_argument(
         "--storage-option-json",

@@ -219,6 +219,7 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
             verify=args.verify,
         )
         root = Root.parse(destination, options.storage_options)
+        root.check_options(options)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     for source in sources:

@@ -188,6 +188,7 @@ def run_on_dask(
     if backend not in ("asyncio", "trio"):
         raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
     root = Root.parse(destination, options.storage_options, options.upload_options)
+    root.check_options(options)
     client = _client(client)
     root.check(dry_run=options.dry_run)
     job = Job(

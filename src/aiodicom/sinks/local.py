@@ -19,6 +19,13 @@
   path, as pydicom's do, never the temporary file.
 * Targets that are not regular files (``/dev/null``, a FIFO) are written in place,
   as pydicom does; such a write cannot be rolled back.
+* On Linux the temporary file has no name until commit (``O_TMPFILE``), so a
+  process killed outright (SIGKILL, a power loss) leaves nothing behind; it is
+  linked under the target's name (exclusive create) or under a temporary name
+  that is at once moved over the target.  Elsewhere, and on filesystems without
+  ``O_TMPFILE``, the temporary file is named ``.NAME.XXXXXXXX.aiodicom-tmp``;
+  :func:`remove_stale_temporary_files` (run by the bulk export on every folder it
+  writes into) removes those that an earlier crash left.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Final
 from .._checksum import DEFAULT_ALGORITHM, Checksum, normalize_algorithm
 from .._core.rules import Chunk
 
-__all__ = ["TEMP_SUFFIX", "LocalFile"]
+__all__ = ["TEMP_SUFFIX", "LocalFile", "remove_stale_temporary_files"]
 
 TEMP_SUFFIX: Final = ".aiodicom-tmp"
 """The suffix of temporary files not published yet (export never reads them)."""
@@ -49,6 +56,15 @@ _DIR_FLAGS: Final = (
 _TEMP_FLAGS: Final = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 )
+_UNNAMED_TEMP_FILES: Final = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+"""Linux: write into an unnamed file (``O_TMPFILE``) and give it its name at commit
+(``linkat`` through ``/proc/self/fd``)."""
+_UNNAMED_FLAGS: Final = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | os.O_CLOEXEC
+_NO_UNNAMED: Final = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL})
+"""What a filesystem or kernel without ``O_TMPFILE`` answers: use a named file."""
+_STALE_AFTER: Final = 3600.0
+"""Seconds after which a named temporary file nobody writes to is an earlier
+crash's leftover (see :func:`remove_stale_temporary_files`)."""
 _NEW_FILE_MODE: Final = 0o666
 """As ``open()``: the kernel takes the umask (or default ACL) off at creation."""
 _PRIVATE_MODE: Final = 0o600
@@ -60,6 +76,8 @@ _AT_EACCESS: Final = 0x200  # Linux <fcntl.h>
 def _temp_prefix(name: str) -> str:
     """``.<start of name>.``, at most ``_TEMP_NAME_MAX`` *bytes* of `name`: with
     multi-byte characters a cut by characters could overflow NAME_MAX (255 bytes)."""
+    if len(name) <= _TEMP_NAME_MAX and name.isascii():  # the common case: one byte each
+        return f".{name}."
     kept, size = 0, 0
     for char in name:
         size += len(os.fsencode(char))
@@ -323,7 +341,22 @@ class LocalFile:
         return writer
 
 
-def _create_temp(target: _Target, mode: int, path: str) -> tuple[int, str]:
+def _create_temp(target: _Target, mode: int, path: str) -> tuple[int, str | None]:
+    """An unnamed temporary file in the target's folder (``O_TMPFILE``: a process
+    killed outright leaves nothing behind), or, where the filesystem or platform
+    has none, ``.NAME.XXXXXXXX.aiodicom-tmp`` beside the target, exclusively."""
+    if _UNNAMED_TEMP_FILES:
+        try:
+            return os.open(".", _UNNAMED_FLAGS, mode, dir_fd=target.folder), None
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED:
+                if target.st is not None and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise _no_temp_file(exc.errno, target, path) from None
+                raise _named(exc, path) from None
+    return _create_named_temp(target, mode, path)
+
+
+def _create_named_temp(target: _Target, mode: int, path: str) -> tuple[int, str]:
     """Create ``.NAME.XXXXXXXX.aiodicom-tmp`` beside the target, exclusively."""
     prefix = _temp_prefix(target.name)
     for _ in range(_TEMP_ATTEMPTS):
@@ -347,7 +380,7 @@ class _TempFileWriter:
         path: str,
         target: _Target,
         fd: int,
-        temp: str,
+        temp: str | None,
         exist_ok: bool,
         fsync: bool,
         mode: int | None,
@@ -375,18 +408,23 @@ class _TempFileWriter:
                 os.fchmod(fd, self._mode)
             if self._fsync:
                 os.fsync(fd)
+            if self._temp is None:  # unnamed: give it a name while it is open
+                self._temp = self._name_unnamed(fd)
         finally:
             os.close(fd)
         folder, name = self._target.folder, self._target.name
         if self._exist_ok:
+            assert self._temp is not None  # named, if it was not already
             try:
                 os.replace(self._temp, name, src_dir_fd=folder, dst_dir_fd=folder)
             except PermissionError as exc:  # a sticky folder, another user's file
+                _unlink_quietly(folder, self._temp)
                 code = exc.errno or errno.EPERM
                 raise _not_replaceable(code, self._target, self._path) from None
             except OSError as exc:
+                _unlink_quietly(folder, self._temp)
                 raise _named(exc, self._path) from None
-        else:
+        elif self._temp is not None:
             try:
                 _publish_exclusive(folder, self._temp, name)
             except OSError as exc:
@@ -397,13 +435,66 @@ class _TempFileWriter:
             _fsync_folder(folder)
         self._target.close()
 
+    def _name_unnamed(self, fd: int) -> str | None:
+        """Link the unnamed file into the folder: under the target's own name when
+        creating exclusively (``linkat`` fails if it exists: atomic, and nothing is
+        left to clean up), else under a temporary name that ``os.replace`` then
+        moves over the target (returned)."""
+        folder, proc = self._target.folder, f"/proc/self/fd/{fd}"
+        if not self._exist_ok:
+            try:
+                os.link(proc, self._target.name, dst_dir_fd=folder, follow_symlinks=True)
+            except OSError as exc:
+                raise _named(exc, self._path) from None
+            return None
+        prefix = _temp_prefix(self._target.name)
+        for _ in range(_TEMP_ATTEMPTS):
+            temp = f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}"
+            try:
+                os.link(proc, temp, dst_dir_fd=folder, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _named(exc, self._path) from None
+            return temp
+        raise _error(errno.EEXIST, self._path)
+
     def abort(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            os.close(fd)  # an unnamed file is gone with its last descriptor
         if self._target.folder >= 0:
-            _unlink_quietly(self._target.folder, self._temp)
+            if self._temp is not None:
+                _unlink_quietly(self._target.folder, self._temp)
             self._target.close()
+
+
+def remove_stale_temporary_files(folder: str, *, older_than: float = _STALE_AFTER) -> int:
+    """Remove aiodicom's named temporary files in `folder` that nobody has written
+    to for `older_than` seconds: leftovers of a process killed between creating
+    and publishing one (where unnamed files are not available, or in the instant
+    between naming one and moving it over the target).  A write in progress keeps
+    its file's modification time fresh.  Returns how many were removed; errors
+    (a folder that cannot be listed, a file removed meanwhile) are ignored."""
+    import time
+
+    removed = 0
+    cutoff = time.time() - older_than
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 class _InPlaceWriter:

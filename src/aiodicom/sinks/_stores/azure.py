@@ -214,10 +214,19 @@ class AzureStore(StoreBase):
         return exc
 
 
+_EXISTS_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
+"""What a failed ``If-None-Match: *`` answers (409 on Put Blob, 412 on Put Block
+List).  Other 409s (a lease, a blob being copied, a full emulator) are not a
+destination that exists."""
+
+
 def _is_exists(exc: BaseException) -> bool:
     from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
-    return isinstance(exc, ResourceExistsError | ResourceModifiedError)
+    if not isinstance(exc, ResourceExistsError | ResourceModifiedError):
+        return False
+    code = _error_code(exc)
+    return code is None or code in _EXISTS_CODES
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,41 @@
+"""Numbers the docs quote from benchmarks come from the results files: each
+``<!--result:SUITE:path-->`` marker in the pages resolves (the docs build fails
+otherwise; this catches it in the test suite too)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
+MARKER = re.compile(r"<!--result:([a-z0-9_]+):([A-Za-z0-9_./ \-]+)-->")
+
+
+def _hooks():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("_docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MARKERS = [
+    (page.relative_to(ROOT).as_posix(), *match.groups())
+    for page in PAGES
+    for match in MARKER.finditer(page.read_text(encoding="utf-8"))
+]
+
+
+def test_the_docs_quote_benchmark_results() -> None:
+    assert len(MARKERS) >= 20  # dask, checksum, DICOMweb and export figures
+
+
+@pytest.mark.parametrize(("page", "suite", "path"), MARKERS)
+def test_every_quoted_result_exists(page: str, suite: str, path: str) -> None:
+    value = _hooks().result_value(suite, path)
+    assert isinstance(value, int | float | str), (page, suite, path, value)
