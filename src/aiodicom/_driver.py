@@ -427,11 +427,7 @@ async def _retrying(retries: int, attempt: Callable[[], Awaitable[T]]) -> T:
         try:
             return await attempt()
         except RetryableError as exc:
-            delay = attempts.next_delay()
-            if delay is None:
-                if exc.__cause__ is None:
-                    raise
-                raise exc.__cause__ from None
+            delay = _next_retry(attempts, exc)
             logger.warning(
                 "aiodicom: %s; writing it again (%d of %d)", exc, attempts.number, retries
             )
@@ -456,6 +452,17 @@ def encode_in_threads() -> Iterator[None]:
         yield
     finally:
         _ENCODE_INLINE.reset(token)
+
+
+def _next_retry(attempts: Any, exc: RetryableError) -> float:
+    """Seconds before writing again after `exc`; when no attempt is left, raise
+    what the writer said was the cause (or `exc` itself)."""
+    delay = attempts.next_delay()
+    if delay is None:
+        if exc.__cause__ is None:
+            raise exc
+        raise exc.__cause__ from None
+    return float(delay)
 
 
 _STREAM_DEFERRED: ContextVar[bool] = ContextVar("aiodicom_stream_deferred", default=False)
@@ -641,12 +648,7 @@ def write_in_this_thread(
             written = _write_chunks(sink, plan.chunks(), exist_ok, algorithm, check=check)
             return WriteResult(_describe(sink), *written)
         except RetryableError as exc:
-            delay = attempts.next_delay()
-            if delay is None:
-                if exc.__cause__ is None:
-                    raise
-                raise exc.__cause__ from None
-            time.sleep(delay)
+            time.sleep(_next_retry(attempts, exc))
 
 
 def _encode_and_write(

@@ -45,7 +45,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -53,18 +52,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import anyio
 import anyio.to_thread
 
 from .._driver import encode_in_threads, stream_deferred_values
-from .._errors import RemoteError
 from .claims import FIRST, Grant, NameGate, OrderedNames
 from .destination import Root
 from .options import ExportOptions
-from .report import ExportProgress, ExportReport, ItemResult, Status, Tally
+from .report import ExportProgress, ExportReport, ItemResult, Status, Tally, portable
 from .run import Named, RepeatedErrors, Run, selection_for
 from .sources import Source, in_process_memory, iter_sources
 
@@ -102,21 +100,6 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def portable(item: ItemResult) -> ItemResult:
-    """`item`, with its error replaced by a :class:`~aiodicom.RemoteError` if the
-    error cannot be pickled (it has to travel back to the parent)."""
-    error = item.error
-    if error is None:
-        return item
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        from .report import describe_error
-
-        return replace(item, error=RemoteError(describe_error(error)))
-    return item
 
 
 # ------------------------------------------------------------------------ worker side

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 import json
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from .._checksum import Checksum
-from .._errors import DuplicateDestinationError
+from .._errors import DuplicateDestinationError, RemoteError
 
 __all__ = [
     "ExportProgress",
@@ -22,6 +23,7 @@ __all__ = [
     "TakenNames",
     "describe_error",
     "format_bytes",
+    "portable",
 ]
 
 
@@ -294,6 +296,20 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def portable(item: ItemResult) -> ItemResult:
+    """`item`, with its error replaced by a :class:`~aiodicom.RemoteError` if the
+    error cannot be pickled: results travel back from worker processes (the
+    export's own and Dask's)."""
+    error = item.error
+    if error is None:
+        return item
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return replace(item, error=RemoteError(describe_error(error)))
+    return item
 
 
 class Tally:

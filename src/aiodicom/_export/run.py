@@ -705,12 +705,7 @@ class Run:
         written: list[CountingSink | CountingAsyncSink],
     ) -> _Outcome:
         if self.dry_run:
-            if not self.exist_ok and self.root.exists(destination):
-                exists = exists_error(destination)
-                if self.skip_existing:
-                    return Status.SKIPPED, 0, exists, None
-                raise exists
-            return Status.PLANNED, 0, None, None
+            return self._planned(destination, self.root.exists)
         if dataset is None:
             dataset = self._read_if_new(source, destination)
             if dataset is None:
@@ -733,6 +728,16 @@ class Run:
                 raise
             return Status.SKIPPED, 0, exc, None
         return Status.WRITTEN, sink.count, None, result.checksum
+
+    def _planned(self, destination: str, exists: Callable[[str], bool]) -> _Outcome:
+        """A dry run's outcome: planned, or (`destination` exists and may not be
+        overwritten) skipped or failed, as the real write would be."""
+        if self.exist_ok or not exists(destination):
+            return Status.PLANNED, 0, None, None
+        error = exists_error(destination)
+        if self.skip_existing:
+            return Status.SKIPPED, 0, error, None
+        raise error
 
     # -- reading, transforming, naming ---------------------------------------------
 
@@ -852,12 +857,10 @@ class Run:
         written: list[CountingSink | CountingAsyncSink],
     ) -> _Outcome:
         if self.dry_run:
-            if not self.exist_ok and await anyio.to_thread.run_sync(self.root.exists, destination):
-                exists = exists_error(destination)
-                if self.skip_existing:
-                    return Status.SKIPPED, 0, exists, None
-                raise exists
-            return Status.PLANNED, 0, None, None
+            found = not self.exist_ok and await anyio.to_thread.run_sync(
+                self.root.exists, destination
+            )
+            return self._planned(destination, lambda _: found)
         if dataset is None:
             dataset = await anyio.to_thread.run_sync(
                 self._read_if_new, source, destination, abandon_on_cancel=True

@@ -185,8 +185,24 @@ async def iter_sources(
             async for item in iter_sources(obj, storage_options, selection):
                 yield item
         return
+    if isinstance(sources, list | tuple):
+        # A list of plain file paths (what a caller or a shell glob hands over)
+        # is checked a batch at a time in one worker thread, not one hop a path.
+        index = 0
+        while index < len(sources):
+            files = await anyio.to_thread.run_sync(
+                _plain_files, sources, index, abandon_on_cancel=True
+            )
+            for item in files:
+                yield item
+            index += len(files)
+            if index < len(sources) and len(files) < _BATCH:
+                async for item in iter_sources(sources[index], storage_options, selection):
+                    yield item
+                index += 1
+        return
     if isinstance(sources, Iterable):
-        in_memory = isinstance(sources, list | tuple | set | frozenset)
+        in_memory = isinstance(sources, set | frozenset)
         sync_iterator = iter(sources)
         while True:
             try:
@@ -235,6 +251,20 @@ async def _expand(
             yield item
         if len(batch) < _BATCH:
             return
+
+
+def _plain_files(sources: list[Any] | tuple[Any, ...], start: int) -> list[Source]:
+    """Sources from `start` on that are paths of existing regular files (not
+    folders, globs or URLs), up to a batch; stops at the first that is not."""
+    out: list[Source] = []
+    for obj in sources[start : start + _BATCH]:
+        if not isinstance(obj, str | bytes | os.PathLike):
+            break
+        path = os.fsdecode(os.fspath(obj))
+        if is_url(path) or not os.path.isfile(path):
+            break
+        out.append(Source(path, "path", path))
+    return out
 
 
 def _take(items: Iterator[Source]) -> list[Source]:

@@ -10,7 +10,6 @@ item: item failures are results, as in the single-machine export.
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import threading
 import time
@@ -21,10 +20,10 @@ from typing import Any
 
 import anyio
 
-from .._errors import DestinationError, RemoteError
+from .._errors import DestinationError
 from .._export.destination import Root
 from .._export.options import ExportOptions
-from .._export.report import ExportReport, ItemResult, describe_error
+from .._export.report import ExportReport, ItemResult, portable
 from .._export.run import run_export
 
 __all__ = ["Job", "PartitionOutcome", "export_partition", "forget_stop_flag", "stop_flag"]
@@ -107,22 +106,9 @@ def export_partition(items: Iterable[Any], job: Job) -> PartitionOutcome:
     if options.fail_fast and report.failed:
         stop_flag(job.stop_token).set()  # other partitions in this process do not start
     return PartitionOutcome(
-        [_portable(item) for item in report.items],
+        [portable(item) for item in report.items],
         time.perf_counter() - started,
         report.stopped_early,
         True,
         worker,
     )
-
-
-def _portable(item: ItemResult) -> ItemResult:
-    """`item`, with its error replaced by a :class:`RemoteError` if it cannot be pickled."""
-    error = item.error
-    if error is None:
-        return item
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        stand_in = RemoteError(describe_error(error))
-        return replace(item, error=stand_in)
-    return item
