@@ -32,15 +32,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import httpx
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
 from pydicom.valuerep import VR
 
 import aiodicom
 from aiodicom.sinks import AsyncSink, AsyncWriter, Chunk, Sink, Writer
+from tests import datasets
 
 # --- the reference bytes ------------------------------------------------------------
 
@@ -683,3 +687,92 @@ def _first_difference(a: bytes | None, b: bytes | None) -> int | None:
         if x != y:
             return i
     return min(len(a), len(b))
+
+
+# --- DICOMweb (Orthanc and the fake server) ------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def fresh(ds: Dataset) -> Dataset:
+    """`ds` with a SOP Instance UID of its own (and the identifiers Orthanc needs)."""
+    uid = generate_uid()
+    ds.SOPInstanceUID = uid
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if keyword not in ds:
+            setattr(ds, keyword, generate_uid())
+    if "PatientID" not in ds:
+        ds.PatientID = "PID-DICOMWEB"
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+        meta.MediaStorageSOPInstanceUID = uid
+    return ds
+
+
+def ct(rows: int = 32) -> Dataset:
+    return fresh(datasets.ct_slice(rows, rows))
+
+
+def rest(base: str) -> str:
+    return base.removesuffix("/dicom-web")
+
+
+async def stored_file(base: str, uid: str) -> bytes | None:
+    """What Orthanc holds for `uid` (``None``: nothing), read with /instances/{id}/file."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        found = await client.post(
+            f"{rest(base)}/tools/find",
+            json={"Level": "Instance", "Query": {"SOPInstanceUID": uid}},
+        )
+        ids = found.json()
+        assert len(ids) <= 1, ids
+        if not ids:
+            return None
+        return (await client.get(f"{rest(base)}/instances/{ids[0]}/file")).content
+
+
+class HookedFile(io.BufferedIOBase):
+    """A buffered Pixel Data value that calls `hook` on its `at`-th read (once,
+    across writes: a retry reads it again without the hook)."""
+
+    def __init__(self, data: bytes, at: int, hook: Callable[[], None]) -> None:
+        self._raw = io.BytesIO(data)
+        self.reads = 0
+        self.at = at
+        self.hook: Callable[[], None] | None = hook
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads == self.at and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return self._raw.read(size)
+
+
+def raising() -> None:
+    raise OSError("disk on fire")
+
+
+def hooked(n_bytes: int, at: int, hook: Callable[[], None]) -> tuple[Dataset, bytes]:
+    """A dataset whose 4 MiB-read Pixel Data calls `hook` at read `at`, and its
+    reference bytes."""
+    data = np.random.default_rng(n_bytes).integers(0, 256, n_bytes, dtype="u1").tobytes()
+    ds = fresh(datasets.ct_slice(8, 8))
+    ds.PixelData = io.BytesIO(data)
+    ds["PixelData"].VR = "OW"
+    expected = pydicom_bytes(ds, copy=False)
+    ds.PixelData = HookedFile(data, at, hook)
+    ds["PixelData"].VR = "OW"
+    return ds, expected

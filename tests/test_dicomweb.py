@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import logging
 import ssl
 import subprocess
@@ -24,7 +23,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import httpx
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 import aiodicom
@@ -53,99 +50,10 @@ from tests.fake_dicomweb import (
     referenced_item,
     standard,
 )
-from tests.helpers import pydicom_bytes
+from tests.helpers import MiB, ct, fresh, hooked, pydicom_bytes, raising, stored_file
 from tests.servers import _free_port, orthanc_server
 
 pytestmark = pytest.mark.anyio
-
-MiB = 1024 * 1024
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def fresh(ds: Dataset) -> Dataset:
-    """`ds` with a SOP Instance UID of its own (and the identifiers Orthanc needs)."""
-    uid = generate_uid()
-    ds.SOPInstanceUID = uid
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        if keyword not in ds:
-            setattr(ds, keyword, generate_uid())
-    if "PatientID" not in ds:
-        ds.PatientID = "PID-DICOMWEB"
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-        meta.MediaStorageSOPInstanceUID = uid
-    return ds
-
-
-def ct(rows: int = 32) -> Dataset:
-    return fresh(datasets.ct_slice(rows, rows))
-
-
-def rest(base: str) -> str:
-    return base.removesuffix("/dicom-web")
-
-
-async def stored_file(base: str, uid: str) -> bytes | None:
-    """What Orthanc holds for `uid` (``None``: nothing), read with /instances/{id}/file."""
-    async with httpx.AsyncClient(timeout=60) as client:
-        found = await client.post(
-            f"{rest(base)}/tools/find",
-            json={"Level": "Instance", "Query": {"SOPInstanceUID": uid}},
-        )
-        ids = found.json()
-        assert len(ids) <= 1, ids
-        if not ids:
-            return None
-        return (await client.get(f"{rest(base)}/instances/{ids[0]}/file")).content
-
-
-class HookedFile(io.BufferedIOBase):
-    """A buffered Pixel Data value that calls `hook` on its `at`-th read (once,
-    across writes: a retry reads it again without the hook)."""
-
-    def __init__(self, data: bytes, at: int, hook: Callable[[], None]) -> None:
-        self._raw = io.BytesIO(data)
-        self.reads = 0
-        self.at = at
-        self.hook: Callable[[], None] | None = hook
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def read(self, size: int | None = -1) -> bytes:
-        self.reads += 1
-        if self.reads == self.at and self.hook is not None:
-            hook, self.hook = self.hook, None
-            hook()
-        return self._raw.read(size)
-
-
-def raising() -> None:
-    raise OSError("disk on fire")
-
-
-def hooked(n_bytes: int, at: int, hook: Callable[[], None]) -> tuple[Dataset, bytes]:
-    """A dataset whose 4 MiB-read Pixel Data calls `hook` at read `at`, and its
-    reference bytes."""
-    data = np.random.default_rng(n_bytes).integers(0, 256, n_bytes, dtype="u1").tobytes()
-    ds = fresh(datasets.ct_slice(8, 8))
-    ds.PixelData = io.BytesIO(data)
-    ds["PixelData"].VR = "OW"
-    expected = pydicom_bytes(ds, copy=False)
-    ds.PixelData = HookedFile(data, at, hook)
-    ds["PixelData"].VR = "OW"
-    return ds, expected
 
 
 @pytest.fixture

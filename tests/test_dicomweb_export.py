@@ -47,8 +47,16 @@ from tests.fake_dicomweb import (
     referenced_item,
     standard,
 )
-from tests.helpers import BROKEN_DICOM, pydicom_bytes, read_report
-from tests.test_dicomweb import MiB, ct, fresh, hooked, stored_file
+from tests.helpers import (
+    BROKEN_DICOM,
+    MiB,
+    ct,
+    fresh,
+    hooked,
+    pydicom_bytes,
+    read_report,
+    stored_file,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]
 

@@ -308,3 +308,21 @@ def test_layer_check_finds_upward_imports(module: str, source: str) -> None:
 def test_layer_check_allows_downward_imports(module: str, source: str) -> None:
     is_package = module == "aiodicom"
     assert layer_violations(source, module, is_package=is_package, known=KNOWN) == []
+
+
+def test_test_modules_never_import_each_other() -> None:
+    """What test modules share lives in tests/helpers.py, tests/datasets.py,
+    tests/servers.py or tests/fake_dicomweb.py, never in another test module."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for module in sorted(tests.glob("test_*.py")):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(name.startswith("tests.test_") for name in names):
+                offenders.append(f"{module.name}:{node.lineno}")
+    assert offenders == []
