@@ -6,6 +6,7 @@ sessions.  Each test failed before its fix (see docs/guarantees.md)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -548,3 +549,41 @@ async def test_large_values_stream_from_the_source_with_bounded_memory(
         assert by_source[name].read_bytes() == data
     if workers == 1:  # the values never were in this process's memory at once
         assert peak - base < 16 * 1024 * 1024, peak - base
+
+
+def test_report_to_a_reader_that_goes_away(tmp_path: Path) -> None:
+    """``aiodicom export ... --report - | head -2``: the report stops, the export
+    finishes, no traceback."""
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for number in range(300):
+        _slice(number).save_as(sources / f"{number:03d}.dcm", enforce_file_format=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aiodicom",
+            "export",
+            str(sources),
+            str(tmp_path / "out"),
+            "--template",
+            "{SOPInstanceUID}.dcm",
+            "--report",
+            "-",
+            "-q",
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    first = process.stdout.readline()
+    assert json.loads(first)["status"] == "written"
+    process.stdout.close()  # the reader goes away, as head does
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 0, err.decode()
+    assert b"Traceback" not in err
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 300

@@ -265,6 +265,9 @@ class JsonLinesReport:
     items, and an export that is stopped by force still leaves a line per item it
     finished.
 
+    A reader that goes away (``--report - | head``) stops the report, never the
+    export: the lines are then dropped, and the export goes on to its end.
+
     Parameters
     ----------
     stream : text file
@@ -272,21 +275,45 @@ class JsonLinesReport:
     """
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+        self._stream: TextIO | None = stream
         self._last_flush = time.monotonic()
 
     def item(self, item: ItemResult) -> None:
         """Write the line of one finished item (flushed at least once a second)."""
-        self._stream.write(json.dumps(item.to_dict()) + "\n")
         now = time.monotonic()
+        self._write(json.dumps(item.to_dict()) + "\n", flush=now - self._last_flush >= 1.0)
         if now - self._last_flush >= 1.0:
-            self._stream.flush()
             self._last_flush = now
 
     def finish(self, report: ExportReport) -> None:
         """Write the summary line and flush."""
-        self._stream.write(json.dumps({"summary": report.summary_dict()}) + "\n")
-        self._stream.flush()
+        self._write(json.dumps({"summary": report.summary_dict()}) + "\n", flush=True)
+
+    def _write(self, line: str, *, flush: bool) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            stream.write(line)
+            if flush:
+                stream.flush()
+        except BrokenPipeError:
+            self._stream = None
+            _silence(stream)
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a broken standard stream at /dev/null, so that nothing written to it
+    later (a summary, Python's own flush at exit) fails again."""
+    import os
+
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 def format_bytes(count: float) -> str:
