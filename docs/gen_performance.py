@@ -39,6 +39,17 @@ MISSING = (
 Scalar = str | int | float | bool | None
 
 
+def result_value(suite: str, path: str, results_dir: Path = RESULTS) -> Any:
+    """The value at `path` (keys separated by ``/``; list indexes are numbers) of
+    ``SUITE.json``'s results: what a ``<!--result:SUITE:path-->`` marker in a page
+    becomes (see ``docs/hooks.py``)."""
+    data = json.loads((results_dir / f"{suite}.json").read_text(encoding="utf-8"))
+    value: Any = data["results"]
+    for key in path.split("/"):
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    return value
+
+
 def render(results_dir: Path = RESULTS) -> str:
     """Markdown for every result file in `results_dir` (or a note when there is none)."""
     files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []

@@ -103,25 +103,12 @@ def on_files(files: Files, config: Any) -> Files:
 # comes from a results file the benchmarks wrote, never typed by hand.  An unknown
 # path fails the build.
 _RESULT = re.compile(r"<!--result:([a-z0-9_]+):([A-Za-z0-9_./ \-]+)-->")
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def result_value(suite: str, path: str) -> Any:
-    """The value at `path` (keys separated by ``/``; list indexes are numbers) of
-    ``benchmarks/results/SUITE.json``'s results."""
-    import json
-
-    data = json.loads((RESULTS / f"{suite}.json").read_text(encoding="utf-8"))
-    value: Any = data["results"]
-    for key in path.split("/"):
-        value = value[int(key)] if isinstance(value, list) else value[key]
-    return value
 
 
 def _results_in_prose(markdown: str, src_uri: str) -> str:
     def replace(match: re.Match[str]) -> str:
         try:
-            value = result_value(match.group(1), match.group(2))
+            value = _gen_performance().result_value(match.group(1), match.group(2))
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{src_uri}: no benchmark result {match.group(0)} ({exc!r})") from exc
         if isinstance(value, float):
