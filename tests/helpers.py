@@ -117,7 +117,30 @@ class Reads:
             self.on_read()
 
 
-class FailingFile(io.BufferedIOBase):
+class BytesValue(io.BufferedIOBase):
+    """A readable, seekable value for a buffered element (Pixel Data given as a
+    file), over `data` in memory; subclasses change what a read does."""
+
+    def __init__(self, data: bytes) -> None:
+        self._raw = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._raw.read(size)
+
+
+class FailingFile(BytesValue):
     """A seekable, readable value for a buffered element (e.g. Pixel Data given as
     a file) that misbehaves on the `fail_at`-th read: raises :class:`OSError`
     ("disk on fire"), or calls `on_read`.  Pass `counter` to count (and fail)
@@ -131,25 +154,13 @@ class FailingFile(io.BufferedIOBase):
         *,
         counter: Reads | None = None,
     ) -> None:
-        self._raw = io.BytesIO(data)
+        super().__init__(data)
         self.counter = counter if counter is not None else Reads(fail_at, on_read)
 
     @property
     def reads(self) -> int:
         """How often this file (or the files sharing its counter) was read."""
         return self.counter.count
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
 
     def read(self, size: int | None = -1) -> bytes:
         self.counter.hit()
@@ -731,27 +742,15 @@ async def stored_file(base: str, uid: str) -> bytes | None:
         return (await client.get(f"{rest(base)}/instances/{ids[0]}/file")).content
 
 
-class HookedFile(io.BufferedIOBase):
+class HookedFile(BytesValue):
     """A buffered Pixel Data value that calls `hook` on its `at`-th read (once,
     across writes: a retry reads it again without the hook)."""
 
     def __init__(self, data: bytes, at: int, hook: Callable[[], None]) -> None:
-        self._raw = io.BytesIO(data)
+        super().__init__(data)
         self.reads = 0
         self.at = at
         self.hook: Callable[[], None] | None = hook
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
 
     def read(self, size: int | None = -1) -> bytes:
         self.reads += 1

@@ -52,7 +52,7 @@ import aiodicom
 from aiodicom._core import is_light
 from tests import datasets
 from tests.datasets import ct_slice, multiframe
-from tests.helpers import dataset_state, error_key
+from tests.helpers import BytesValue, dataset_state, error_key
 
 pytestmark = pytest.mark.anyio
 
@@ -79,24 +79,9 @@ def listing(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
 
 
-class SlowReader(io.BufferedIOBase):
+class SlowReader(BytesValue):
     """A readable, seekable buffer whose reads take a moment (and let other threads
     run meanwhile), as a file on a slow disk does."""
-
-    def __init__(self, data: bytes) -> None:
-        self._raw = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._raw.tell()
 
     def read(self, size: int | None = -1) -> bytes:
         time.sleep(0.002)
