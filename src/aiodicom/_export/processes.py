@@ -19,11 +19,12 @@ skipped hidden files) are exported by the parent itself.
 
 Messages (pickled over one duplex pipe per worker):
 
-* parent -> worker: ``("items", [(seq, kind, label), ...])``, ``("claim", seq,
-  name_or_error)``, ``("end",)`` (no more items: finish and say done),
-  ``("stop",)`` (cancel what is in flight, cleanly, and say done);
-* worker -> parent: ``("claim", seq, name)``, ``("results", [(seq, ItemResult,
-  at_destination), ...])``, ``("done",)``.
+* parent -> worker: ``("items", [(seq, kind, label), ...])``, ``("claims", [(seq,
+  name_or_error), ...])`` (answers), ``("end",)`` (no more items: finish and say
+  done), ``("stop",)`` (cancel what is in flight, cleanly, and say done);
+* worker -> parent: ``("claims", [(seq, name), ...])`` (the names of a run of items
+  read ahead, in one message), ``("results", [(seq, ItemResult, at_destination),
+  ...])``, ``("done",)``.
 
 A worker takes its items in sequence order, and the parent answers a claim only
 once every earlier item is named or finished; so a worker sends at once the
@@ -77,7 +78,7 @@ _FLUSH_EVERY: Final = 0.05
 _STOP_GRACE: Final = 30.0
 """Seconds a stopped worker gets to abort its writes before it is killed."""
 _TRAVELS: Final = frozenset({"path", "url"})
-_AHEAD: Final = 2
+_AHEAD: Final = 32
 """Items a worker reads and names before the first of them is written."""
 _AHEAD_BYTES: Final = 64 * 1024 * 1024
 """...unless their files add up to this much: large instances one at a time."""
@@ -150,6 +151,7 @@ class _BlockingWorker:
         self.ended = False
         self.stopped = False
         self.results: list[tuple[int, ItemResult, bool]] = []
+        self.claims: list[tuple[int, str]] = []
         self.flushed = time.monotonic()
 
     def serve(self) -> None:
@@ -177,9 +179,10 @@ class _BlockingWorker:
                         self.results.append((seq, portable(result), there))
                         self.flush()  # unnamed: the parent may be waiting for it
                         continue
-                    self.connection.send(("claim", seq, outcome.name))
+                    self.claims.append((seq, outcome.name))
                     ahead.append((seq, outcome))
                     ahead_bytes += _size(kind, label)
+                self._send_claims()
                 if self.stopped:
                     break
                 if not ahead:
@@ -213,8 +216,8 @@ class _BlockingWorker:
         kind = message[0]
         if kind == "items":
             self.pending.extend(message[1])
-        elif kind == "claim":
-            self.answers[message[1]] = message[2]
+        elif kind == "claims":
+            self.answers.update(message[1])
         elif kind == "end":
             self.ended = True
         else:
@@ -232,11 +235,19 @@ class _BlockingWorker:
     def _answer(self, seq: int) -> str | BaseException:
         """The parent's answer to the claim of item `seq`: the name to write (the
         one claimed, or one with a suffix) or the error that refuses it."""
+        self._send_claims()
         while seq not in self.answers:
             self._handle(self._receive())
             if self.stopped:
                 raise _Stopped
         return self.answers.pop(seq)
+
+    def _send_claims(self) -> None:
+        """Ask for the names of the items read since the last time, in one message
+        (one round trip for a run of items, not one each)."""
+        if self.claims:
+            claims, self.claims = self.claims, []
+            self.connection.send(("claims", claims))
 
     def flush(self) -> None:
         if self.results:
@@ -473,10 +484,10 @@ class _Pool:
             except (EOFError, OSError):
                 return
             kind = message[0]
-            if kind == "claim":
-                _, seq, name = message
-                self.remote[seq] = worker
-                self.gate.ask(seq, name)
+            if kind == "claims":
+                for seq, _ in message[1]:
+                    self.remote[seq] = worker
+                self.gate.ask_many(message[1])
             elif kind == "results":
                 for seq, result, there in message[1]:
                     worker.outstanding.pop(seq, None)
@@ -545,19 +556,26 @@ class _PoolGate(NameGate):
         super().__init__(names)
         self.pool = pool
 
-    def ask(self, seq: int, name: str) -> None:
-        """A worker's claim: answered through :meth:`_deliver`."""
-        self._deliver(self.names.ask(seq, name))
+    def ask_many(self, claims: list[tuple[int, str]]) -> None:
+        """A worker's claims (a run of its items): answered through
+        :meth:`_deliver`, one message per worker."""
+        grants: list[Grant] = []
+        for seq, name in claims:
+            grants += self.names.ask(seq, name)
+        self._deliver(grants)
 
     def _deliver(self, grants: list[Grant]) -> None:
         pool = self.pool
         here = []
+        answers: dict[_Process, list[Grant]] = {}
         for seq, answer in grants:
             worker = pool.remote.pop(seq, None)
             if worker is None:
                 here.append((seq, answer))
             else:
-                worker.send(("claim", seq, answer))
+                answers.setdefault(worker, []).append((seq, answer))
+        for worker, batch in answers.items():
+            worker.send(("claims", batch))
         super()._deliver(here)
         if self.names.waiting:
             held = pool.lowest_held_back()

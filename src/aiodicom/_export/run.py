@@ -313,7 +313,15 @@ async def run_export(
     partition does not: the client did).
     """
     if check_destination:
-        await anyio.to_thread.run_sync(functools.partial(root.check, dry_run=options.dry_run))
+        check = functools.partial(root.check, dry_run=options.dry_run)
+        if root.is_local:
+            # A folder and one small file on a local disk: done here rather than
+            # in a worker thread, so that this process still has a single thread
+            # when worker processes are started, and can fork them (milliseconds)
+            # instead of spawning fresh interpreters (a few hundred).
+            check()
+        else:
+            await anyio.to_thread.run_sync(check)
     tally = Tally(total, keep_items=keep_items, on_item=on_item)
     if root.is_dicomweb:
         from .dicomweb import run_dicomweb
