@@ -8,8 +8,9 @@ worker exports one item at a time with the export's own per-item code
 (:meth:`~.run.Run.name_blocking`, :meth:`~.run.Run.write_blocking`: read, name,
 write through the same sink, the same atomic publish), in its main thread: a
 process per core already uses the cores, and threads inside one would only take
-turns at the GIL.  A worker reads and names the next item while the parent
-answers the claim of the one before, so the round trip costs no time.  The
+turns at the GIL.  A worker reads and names up to ``_AHEAD`` items ahead and asks
+for their names in one message, while the parent grants names in source order, so
+neither the round trip nor the order keeps a worker waiting for long.  The
 parent keeps everything that must be one: the source listing (in order: each
 item carries its sequence number), the duplicate-name check (a worker asks
 before it writes, and the parent answers in source order: see ``claims``), the
@@ -166,8 +167,8 @@ class _BlockingWorker:
         ahead_bytes = 0
         try:
             while not self.stopped:
-                # Read and name the next item while the parent answers the claim of
-                # the one before: the round trip is hidden behind the read.
+                # Read and name items ahead while the parent answers the claims of
+                # those before: the round trip is hidden behind the reads.
                 while self.pending and len(ahead) < _AHEAD and ahead_bytes < _AHEAD_BYTES:
                     self._poll()
                     if self.stopped:
