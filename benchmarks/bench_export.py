@@ -62,11 +62,32 @@ TEMPLATE = "{SOPInstanceUID}.dcm"
 # ------------------------------------------------------------------ source data
 
 
+def _ct(rows: int, uid: str, frames: int | None = None) -> Any:
+    """A CT dataset with its File Meta Information and image attributes (16-bit
+    native pixels of `rows` x `rows`), SOP Instance `uid`, no Pixel Data yet."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.Rows = ds.Columns = rows
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    return ds
+
+
 def make_sources(folder: Path, count: int) -> int:
     """Write `count` CT slices (0.5 MiB of Pixel Data each); return total bytes."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(2000)
     pixels = rng.integers(0, 4096, size=(512, 512), dtype="<u2")
@@ -74,24 +95,13 @@ def make_sources(folder: Path, count: int) -> int:
     series = [generate_uid() for _ in range(max(1, count // 100))]
     total = 0
     for number in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds = _ct(512, generate_uid())
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = series[number % len(series)]
         ds.PatientName = "Bench^Export"
         ds.PatientID = "BENCH"
         ds.Modality = "CT"
         ds.InstanceNumber = number
-        ds.Rows = ds.Columns = 512
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.SamplesPerPixel = 1
-        ds.PixelRepresentation = 0
-        ds.PhotometricInterpretation = "MONOCHROME2"
         pixels[0, :8] = number  # every slice a little different
         ds.PixelData = pixels.tobytes()
         path = folder / f"{number:06d}.dcm"
@@ -330,8 +340,7 @@ def _make_large(folder: Path, count: int, mib: int) -> int:
     """`count` multi-frame CT instances of `mib` MiB, written without holding one
     in memory (the Pixel Data is a file-like value pydicom streams)."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     frame = 512 * 512 * 2
     frames = max(1, mib * MiB // frame)
@@ -342,18 +351,7 @@ def _make_large(folder: Path, count: int, mib: int) -> int:
         with open(pixels, "wb") as stream:
             for _ in range(frames):
                 stream.write(block)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.Rows = ds.Columns = 512
-        ds.NumberOfFrames = frames
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
-        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds = _ct(512, generate_uid(), frames)
         with open(pixels, "rb") as value:
             ds.PixelData = value
             path = folder / f"{number:03d}.dcm"
@@ -470,22 +468,13 @@ def _many_child(args: argparse.Namespace) -> None:
 
 def _many(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     src = work / "many-src"
     src.mkdir()
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPClassUID = CTImageStorage
-    ds.Rows = ds.Columns = 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(128)
     prefix = generate_uid()[:40]
+    ds = _ct(8, prefix)
+    ds.PixelData = bytes(128)
     for number in range(args.many):
         ds.SOPInstanceUID = f"{prefix}.{number}"
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
