@@ -42,6 +42,25 @@ def _slice(number: int, patient: str = "P", size: int = 16) -> Dataset:
     return ds
 
 
+def _source_folder(folder: Path, count: int, **kwargs: Any) -> Path:
+    """`folder` with `count` slices ``000.dcm``... (see :func:`_slice`)."""
+    folder.mkdir()
+    for number in range(count):
+        ds = _slice(number, **{k: v(number) if callable(v) else v for k, v in kwargs.items()})
+        ds.save_as(folder / f"{number:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def _cli(*args: str) -> subprocess.Popen[bytes]:
+    """``python -m aiodicom export ARGS`` in a subprocess, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "aiodicom", "export", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+
+
 def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".aiodicom-tmp")]
 
@@ -136,10 +155,7 @@ async def test_memory_roots_write_to_memory_never_to_disk(
 
 @pytest.mark.parametrize("attempt", range(4))
 async def test_fail_fast_report_lists_every_file_on_disk(tmp_path: Path, attempt: int) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for number in range(60):
-        _slice(number).save_as(folder / f"{number:03d}.dcm", enforce_file_format=True)
+    folder = _source_folder(tmp_path / "in", 60)
     (folder / f"{20 + attempt:03d}.dcm").write_bytes(BROKEN_DICOM)
     report = await aiodicom.export(
         folder, tmp_path / "out", template="{SOPInstanceUID}.dcm", fail_fast=True, workers=1
@@ -169,12 +185,7 @@ async def test_a_link_inside_the_root_cannot_lead_items_out(tmp_path: Path, work
     outside.mkdir()
     (out / "P").symlink_to(outside, target_is_directory=True)
     (out / "Q.dcm").symlink_to(outside / "q.dcm")
-    sources = tmp_path / "in"
-    sources.mkdir()
-    for number in range(70):
-        _slice(number, patient="P" if number % 2 else "Q").save_as(
-            sources / f"{number:03d}.dcm", enforce_file_format=True
-        )
+    sources = _source_folder(tmp_path / "in", 70, patient=lambda n: "P" if n % 2 else "Q")
     report = await aiodicom.export(
         sources, out, template="{PatientID}/{SOPInstanceUID}.dcm", workers=workers
     )
@@ -246,10 +257,7 @@ async def test_a_raising_progress_callback_raises_itself(tmp_path: Path, workers
     def progress(_: Any) -> None:
         raise _CallbackError("boom")
 
-    sources = tmp_path / "in"
-    sources.mkdir()
-    for number in range(70):
-        _slice(number).save_as(sources / f"{number:03d}.dcm", enforce_file_format=True)
+    sources = _source_folder(tmp_path / "in", 70)
     with pytest.raises(_CallbackError, match="boom"):
         await aiodicom.export(
             sources,
@@ -266,32 +274,13 @@ async def test_a_raising_progress_callback_raises_itself(tmp_path: Path, workers
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_stops_the_cli_like_ctrl_c(tmp_path: Path, workers: str) -> None:
-    sources = tmp_path / "in"
-    sources.mkdir()
-    for number in range(400):
-        _slice(number, size=256).save_as(sources / f"{number:03d}.dcm", enforce_file_format=True)
+    sources = _source_folder(tmp_path / "in", 400, size=256)
     report_path = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aiodicom",
-            "export",
-            str(sources),
-            str(tmp_path / "out"),
-            "--template",
-            "{SOPInstanceUID}.dcm",
-            "--report",
-            str(report_path),
-            "--workers",
-            workers,
-            "-j",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
+    process = _cli(
+        str(sources),
+        str(tmp_path / "out"),
+        *("--template", "{SOPInstanceUID}.dcm", "--report", str(report_path)),
+        *("--workers", workers, "-j", "2"),
     )
     deadline = time.monotonic() + 60
     while not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.dcm")):
@@ -554,29 +543,11 @@ async def test_large_values_stream_from_the_source_with_bounded_memory(
 def test_report_to_a_reader_that_goes_away(tmp_path: Path) -> None:
     """``aiodicom export ... --report - | head -2``: the report stops, the export
     finishes, no traceback."""
-    sources = tmp_path / "in"
-    sources.mkdir()
-    for number in range(300):
-        _slice(number).save_as(sources / f"{number:03d}.dcm", enforce_file_format=True)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aiodicom",
-            "export",
-            str(sources),
-            str(tmp_path / "out"),
-            "--template",
-            "{SOPInstanceUID}.dcm",
-            "--report",
-            "-",
-            "-q",
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    sources = _source_folder(tmp_path / "in", 300)
+    process = _cli(
+        str(sources),
+        str(tmp_path / "out"),
+        *("--template", "{SOPInstanceUID}.dcm", "--report", "-", "-q", "--workers", "1"),
     )
     assert process.stdout is not None
     assert process.stderr is not None
