@@ -775,3 +775,39 @@ def hooked(n_bytes: int, at: int, hook: Callable[[], None]) -> tuple[Dataset, by
     ds.PixelData = HookedFile(data, at, hook)
     ds["PixelData"].VR = "OW"
     return ds, expected
+
+
+# --- object stores under test ----------------------------------------------------------
+
+
+class RemoteStore:
+    """One object store under test (a bucket or container on a test server): where
+    to write, with which part size, and how to read back what is there.  Test
+    modules subclass it for what else they look at."""
+
+    def __init__(self, name: str, root: str, options: dict[str, Any], part_size: int) -> None:
+        import fsspec
+
+        self.name = name  # "s3", "gs", "az"
+        self.root = root  # "s3://bucket"
+        self.options = options
+        self.part_size = part_size
+        self.fs, self.bucket = fsspec.core.url_to_fs(root, **options)
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def url(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def sink(self, key: str, **kwargs: Any) -> aiodicom.sinks.FsspecFile:
+        kwargs.setdefault("part_size", self.part_size)
+        return aiodicom.sinks.FsspecFile.from_url(self.url(key), self.options, **kwargs)
+
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes now, or ``None`` if there is none."""
+        self.fs.invalidate_cache()
+        try:
+            return bytes(self.fs.cat_file(f"{self.bucket}/{key}"))
+        except FileNotFoundError:
+            return None

@@ -29,7 +29,6 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import google_crc32c
 import pydicom
 import pytest
@@ -41,9 +40,8 @@ from aiodicom.sinks import LocalFile
 from aiodicom.sinks._stores.azure import AzureStore
 from aiodicom.sinks._stores.gcs import GCSStore
 from aiodicom.sinks._stores.s3 import S3Store
-from aiodicom.sinks.fsspec import FsspecFile
 from tests.datasets import ct_slice, multiframe
-from tests.helpers import read_report
+from tests.helpers import RemoteStore, read_report
 
 pytestmark = pytest.mark.anyio
 
@@ -75,31 +73,15 @@ BIG = multiframe(int(2.5 * PART))  # three parts
 # --- the stores -------------------------------------------------------------------
 
 
-class Target:
+class Target(RemoteStore):
     """One store: where to write, how to read back what is there."""
 
     def __init__(self, kind: str, root: str, options: dict[str, Any]) -> None:
-        self.kind = kind
-        self.root = root
-        self.options = options
-        self.fs, self.bucket = fsspec.core.url_to_fs(root, **options)
+        super().__init__(kind, root, options, PART)
 
-    def __repr__(self) -> str:
-        return self.kind
-
-    def url(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    def sink(self, key: str, **kwargs: Any) -> FsspecFile:
-        kwargs.setdefault("part_size", PART)
-        return FsspecFile.from_url(self.url(key), self.options, **kwargs)
-
-    def read(self, key: str) -> bytes | None:
-        self.fs.invalidate_cache()
-        try:
-            return bytes(self.fs.cat_file(f"{self.bucket}/{key}"))
-        except FileNotFoundError:
-            return None
+    @property
+    def kind(self) -> str:
+        return self.name
 
     def leftovers(self) -> list[str]:
         """Unfinished uploads the store can list: S3 multipart uploads, Azure blobs

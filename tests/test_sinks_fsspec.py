@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 import aiodicom
 from aiodicom.sinks.fsspec import FsspecFile
 from tests.datasets import ct_slice, multiframe
-from tests.helpers import RecordingSink, pydicom_bytes
+from tests.helpers import RecordingSink, RemoteStore, pydicom_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -25,32 +25,8 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-class Remote:
+class Remote(RemoteStore):
     """One object store under test: where to write, and how to look at it."""
-
-    def __init__(self, name: str, root: str, options: dict[str, Any], part_size: int) -> None:
-        self.name = name
-        self.root = root  # "s3://bucket"
-        self.options = options
-        self.part_size = part_size
-        self.fs, self.bucket = fsspec.core.url_to_fs(root, **options)
-
-    def __repr__(self) -> str:
-        return self.name
-
-    def url(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    def sink(self, key: str, **kwargs: Any) -> FsspecFile:
-        kwargs.setdefault("part_size", self.part_size)
-        return FsspecFile.from_url(self.url(key), self.options, **kwargs)
-
-    def read(self, key: str) -> bytes | None:
-        self.fs.invalidate_cache()
-        try:
-            return bytes(self.fs.cat_file(f"{self.bucket}/{key}"))
-        except FileNotFoundError:
-            return None
 
     def info(self, key: str) -> dict[str, Any]:
         self.fs.invalidate_cache()
