@@ -408,11 +408,16 @@ class _TempFileWriter:
                 os.fchmod(fd, self._mode)
             if self._fsync:
                 os.fsync(fd)
+            published = False
             if self._temp is None:  # unnamed: give it a name while it is open
                 self._temp = self._name_unnamed(fd)
+                published = self._temp is None
         finally:
             os.close(fd)
         folder, name = self._target.folder, self._target.name
+        if published:  # linked under its own name: nothing left to move
+            self._finish(folder)
+            return
         if self._exist_ok:
             assert self._temp is not None  # named, if it was not already
             try:
@@ -431,22 +436,31 @@ class _TempFileWriter:
                 raise _named(exc, self._path) from None
             finally:
                 _unlink_quietly(folder, self._temp)
+        self._finish(folder)
+
+    def _finish(self, folder: int) -> None:
         if self._fsync:
             _fsync_folder(folder)
         self._target.close()
 
     def _name_unnamed(self, fd: int) -> str | None:
         """Link the unnamed file into the folder: under the target's own name when
-        creating exclusively (``linkat`` fails if it exists: atomic, and nothing is
-        left to clean up), else under a temporary name that ``os.replace`` then
-        moves over the target (returned)."""
+        creating exclusively, or when nothing was there at open (``linkat`` fails
+        if the name exists: atomic, nothing left to clean up; ``None`` is
+        returned); else under a temporary name that ``os.replace`` then moves over
+        the target (returned).  A file that appeared since the open is replaced
+        that way too."""
         folder, proc = self._target.folder, f"/proc/self/fd/{fd}"
-        if not self._exist_ok:
+        if not self._exist_ok or self._target.st is None:
             try:
                 os.link(proc, self._target.name, dst_dir_fd=folder, follow_symlinks=True)
+            except FileExistsError:
+                if not self._exist_ok:
+                    raise _error(errno.EEXIST, self._path) from None
             except OSError as exc:
                 raise _named(exc, self._path) from None
-            return None
+            else:
+                return None
         prefix = _temp_prefix(self._target.name)
         for _ in range(_TEMP_ATTEMPTS):
             temp = f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}"
