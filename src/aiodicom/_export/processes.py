@@ -79,6 +79,8 @@ _FLUSH_EVERY: Final = 0.05
 _STOP_GRACE: Final = 30.0
 """Seconds a stopped worker gets to abort its writes before it is killed."""
 _TRAVELS: Final = frozenset({"path", "url"})
+_POLL_EVERY: Final = 0.02
+"""Seconds between looks at the parent's messages during a write."""
 _AHEAD: Final = 32
 """Items a worker reads and names before the first of them is written."""
 _AHEAD_BYTES: Final = 64 * 1024 * 1024
@@ -153,7 +155,7 @@ class _BlockingWorker:
         self.stopped = False
         self.results: list[tuple[int, ItemResult, bool]] = []
         self.claims: list[tuple[int, str]] = []
-        self.flushed = time.monotonic()
+        self.flushed = self.polled = time.monotonic()
 
     def serve(self) -> None:
         try:
@@ -168,9 +170,14 @@ class _BlockingWorker:
         try:
             while not self.stopped:
                 # Read and name items ahead while the parent answers the claims of
-                # those before: the round trip is hidden behind the reads.
-                while self.pending and len(ahead) < _AHEAD and ahead_bytes < _AHEAD_BYTES:
-                    self._poll()
+                # those before: the round trip is hidden behind the reads.  Refilled
+                # from half-empty, so claims go out as runs of items (one message
+                # each way per run, not per item).
+                refill = len(ahead) <= _AHEAD // 2
+                while (
+                    refill and self.pending and len(ahead) < _AHEAD and ahead_bytes < _AHEAD_BYTES
+                ):
+                    self._check_messages()
                     if self.stopped:
                         break
                     seq, kind, label = self.pending.popleft()
@@ -227,9 +234,17 @@ class _BlockingWorker:
     def _poll(self) -> None:
         while self.connection.poll(0):
             self._handle(self._receive())
+        self.polled = time.monotonic()
+
+    def _check_messages(self) -> None:
+        """Take the parent's messages if ``_POLL_EVERY`` seconds have passed since
+        the last look (a system call each time: not at every item or chunk)."""
+        if time.monotonic() - self.polled >= _POLL_EVERY:
+            self._poll()
 
     def _check(self) -> None:
-        self._poll()
+        """Between chunks: a stop from the parent aborts the write."""
+        self._check_messages()
         if self.stopped:
             raise _Stopped
 
