@@ -30,6 +30,16 @@ def rss(field: str = "VmRSS") -> int:
     return 0
 
 
+def settle_page_cache() -> None:
+    """Write every dirty page out before a timed run (untimed).
+
+    A method that writes 500 MiB leaves that much in the page cache to be written
+    back; the next method, whichever it is, would be throttled by the kernel while
+    that writeback runs (measured: the same 1,000 file writes took 0.1 s or 4 s).
+    Every method starts from a clean cache, as it would on an idle machine."""
+    os.sync()
+
+
 def alternate(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
     """Run every case once per round, rotating the order each round (A/B/C, B/C/A...),
     so that drift of a shared, noisy machine hits every case alike."""

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._harness import rss, save_result  # noqa: E402
+from benchmarks._harness import rss, save_result, settle_page_cache  # noqa: E402
 
 MiB = 1024 * 1024
 LOCAL_METHODS = ("pydicom-loop", "pydicom-threads16", "pydicom-processes", "aiodicom-cli")
@@ -298,6 +298,7 @@ def _suite(
         order = methods[shift:] + methods[:shift]
         for method in order:
             dst, check = _fresh_destination(work, method, options)
+            settle_page_cache()
             result = _run_child(method, src, dst, args, options)
             result["verified"] = check(args.count)
             runs[method].append(result)
@@ -389,6 +390,7 @@ def _large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             dst = work / f"large-out-{method}"
             argv = [sys.executable, __file__, "--large-child", method]
             argv += ["--src", str(src), "--dst", str(dst)]
+            settle_page_cache()
             done = subprocess.run(argv, capture_output=True, text=True, check=False)
             if done.returncode:
                 raise RuntimeError(f"{method} failed:\n{done.stderr[-3000:]}")
