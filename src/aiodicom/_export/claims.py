@@ -25,7 +25,7 @@ import anyio
 
 from .._errors import DuplicateDestinationError
 
-__all__ = ["FIRST", "Grant", "NameGate", "OrderedNames", "suffixed"]
+__all__ = ["FIRST", "Grant", "NameGate", "OrderedNames", "RecordedNames", "suffixed"]
 
 _TAKEN: Final = "an earlier item of this export (in source order) has this name"
 
@@ -115,6 +115,32 @@ class OrderedNames:
         self._suffixes[name] = number
         taken.add(candidate)
         return candidate
+
+
+class RecordedNames(OrderedNames):
+    """:class:`OrderedNames` that remembers each item's claim: the name it asked
+    for (`asked`) and what it was granted (`granted`: the name, or the error).
+
+    A Dask partition runs with one, so that the client can decide the name
+    clashes between partitions in source order afterwards.
+    """
+
+    def __init__(self, on_conflict: str = "fail") -> None:
+        super().__init__(on_conflict)
+        self.asked: dict[int, str] = {}
+        self.granted: dict[int, str | DuplicateDestinationError] = {}
+
+    def ask(self, seq: int, name: str) -> list[Grant]:
+        self.asked[seq] = name
+        return self._record(super().ask(seq, name))
+
+    def resolve(self, seq: int) -> list[Grant]:
+        return self._record(super().resolve(seq))
+
+    def _record(self, grants: list[Grant]) -> list[Grant]:
+        for seq, answer in grants:
+            self.granted[seq] = answer
+        return grants
 
 
 class NameGate:
