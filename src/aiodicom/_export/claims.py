@@ -83,8 +83,8 @@ class OrderedNames:
         return self._advance()
 
     def take(self, name: str) -> str | DuplicateDestinationError:
-        """Decide a claim on `name` now, out of order (for exports whose items
-        have no sequence numbers)."""
+        """Decide a claim on `name` now: for a caller that asks in source order
+        itself (a Dask export's client, settling the claims of its partitions)."""
         return self._decide(name)
 
     def _advance(self) -> list[Grant]:
@@ -169,20 +169,6 @@ class NameGate:
         finally:
             self._events.pop(seq, None)
             self._answers.pop(seq, None)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-    def claim_now(self, name: str) -> str:
-        """:meth:`claim` without waiting for earlier items (first come, first
-        served): for exports that cannot wait, such as DICOMweb batches.
-
-        Raises
-        ------
-        DuplicateDestinationError
-            If `name` is taken and conflicts fail.
-        """
-        answer = self.names.take(name)
         if isinstance(answer, BaseException):
             raise answer
         return answer
