@@ -9,7 +9,7 @@ dicomStores/S/dicomWeb``; Azure: ``https://WORKSPACE-SERVICE.dicom.azurehealthca
 A bearer token, if the server needs one, is read from ``DICOMWEB_TOKEN``.  Without
 FOLDER, pydicom's example files are sent.
 
-``aiodicom.export`` does the work: up to 16 consecutive files per request, four
+``aiodicom.export`` does the work: up to 16 files per request (in source order), four
 requests in flight, each file read and encoded in a worker thread while its request
 streams, and a result per instance: written (with the server's RetrieveURL), or
 failed with the server's reason.  The same from a shell::

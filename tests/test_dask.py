@@ -8,11 +8,14 @@ import io
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import dask
 import dask.bag as db
 import pydicom
 import pytest
@@ -114,6 +117,38 @@ class Unpicklable(Exception):
 
 def fail_unpicklably(dataset: Dataset) -> str:
     raise Unpicklable()
+
+
+CLASHING_UID = "1.2.826.0.1.3680043.8.498.20.900"
+
+
+def clashing(number: int) -> FileDataset:
+    """Items 1 and 2 share one SOP Instance UID (told apart by InstanceNumber);
+    others have their own."""
+    ds = ct(number)
+    if number in (1, 2):
+        ds.SOPInstanceUID = CLASHING_UID
+        ds.file_meta.MediaStorageSOPInstanceUID = CLASHING_UID
+    return ds
+
+
+@dataclass(frozen=True)
+class HoldBack:
+    """A transform: the item with InstanceNumber `number` waits until the file
+    `released` exists (the test creates it once the other item of its name is
+    reported, so that one was written first).  Works in worker processes too."""
+
+    number: int
+    released: str
+
+    def __call__(self, dataset: Dataset) -> None:
+        if int(dataset.InstanceNumber) != self.number:
+            return
+        for _ in range(6000):
+            if os.path.exists(self.released):
+                return
+            time.sleep(0.01)
+        raise TimeoutError(f"{self.released} was never created")
 
 
 # -------------------------------------------------------------------- fixtures
@@ -406,6 +441,154 @@ def test_duplicate_names_across_partitions_are_reported(tmp_path: Path) -> None:
     [duplicate] = report.failures
     assert isinstance(duplicate.error, DuplicateDestinationError)
     assert tree(tmp_path) == {f"{ct(n).SOPInstanceUID}.dcm": pydicom_bytes(ct(n)) for n in (1, 2)}
+
+
+def clash_sources(folder: Path) -> list[Path]:
+    """Three files, one per partition of one item: the first two share a name."""
+    folder.mkdir()
+    paths = []
+    for number in (1, 2, 3):
+        paths.append(folder / f"{number}.dcm")
+        pydicom.dcmwrite(paths[-1], clashing(number))
+    return paths
+
+
+def released_when(source: str, marker: Path) -> Any:
+    """A progress callback that creates `marker` once `source` is reported."""
+
+    def progress(now: ExportProgress) -> None:
+        if now.item.source == source:
+            marker.touch()
+
+    return progress
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("on_conflict", ["fail", "suffix"])
+@pytest.mark.parametrize("written_last", [1, 2])
+def test_a_clash_across_partitions_is_won_by_the_first_in_source_order(
+    tmp_path: Path, backend: str, on_conflict: Any, written_last: int
+) -> None:
+    """Whichever of the two items of one name (in two partitions running at once)
+    is written last, the result is the single-machine export's: the first in
+    source order at the name, the other failed or at name-1.dcm."""
+    paths = clash_sources(tmp_path / "in")
+    marker = tmp_path / "released"
+    first_written = str(paths[2 - written_last])  # 1 -> paths[1], 2 -> paths[0]
+    options: dict[str, Any] = {"template": "{SOPInstanceUID}.dcm", "on_conflict": on_conflict}
+    expected = single_machine(paths, tmp_path / "single", **options)
+    seen: list[ExportProgress] = []
+
+    def progress(now: ExportProgress) -> None:
+        seen.append(now)
+        released_when(first_written, marker)(now)
+
+    with dask.config.set(num_workers=3):  # the three partitions at once
+        report = aiodask.export(
+            paths,
+            tmp_path / "dask",
+            partition_size=1,
+            backend=backend,
+            transform=HoldBack(written_last, str(marker)),
+            progress=progress,
+            **options,
+        )
+
+    assert outcome(report) == outcome(expected)
+    assert published(tmp_path / "dask") == published(tmp_path / "single")
+    assert published(tmp_path / "dask")[f"{CLASHING_UID}.dcm"] == pydicom_bytes(paths[0])
+    relative = {
+        item.source: os.path.relpath(item.destination, tmp_path / "dask")
+        for item in report.items
+        if item.destination is not None
+    }
+    assert relative == {
+        item.source: os.path.relpath(item.destination, tmp_path / "single")
+        for item in expected.items
+        if item.destination is not None
+    }
+    if on_conflict == "fail":
+        [loser] = report.failures
+        assert loser.source == str(paths[1])
+        assert isinstance(loser.error, DuplicateDestinationError)
+        assert (report.written, report.failed) == (2, 1)
+    else:
+        assert report.ok
+        assert relative[str(paths[1])] == f"{CLASHING_UID}-1.dcm"
+        assert published(tmp_path / "dask")[f"{CLASHING_UID}-1.dcm"] == pydicom_bytes(paths[1])
+    # progress: once per item, then once more per item the settling replaced
+    assert [now.done for now in seen][:3] == [1, 2, 3]
+    last = seen[-1]
+    assert (last.done, last.written, last.failed) == (3, report.written, report.failed)
+    assert last.bytes_written == report.bytes_written == expected.bytes_written
+
+
+@pytest.mark.parametrize("keep", ["exist_ok=False", "skip_existing"])
+def test_a_clash_across_partitions_keeps_the_rules_for_existing_files(
+    tmp_path: Path, keep: str
+) -> None:
+    """This run's own output is overwritten by the first in source order (the
+    later item was written first), but a file that was there before is kept."""
+    paths = clash_sources(tmp_path / "in")
+    name = f"{CLASHING_UID}.dcm"
+    rules: dict[str, Any] = (
+        {"exist_ok": False} if keep == "exist_ok=False" else {"skip_existing": True}
+    )
+    options: dict[str, Any] = {"template": "{SOPInstanceUID}.dcm", **rules}
+
+    def run(out: Path, marker: Path) -> aiodicom.ExportReport:
+        with dask.config.set(num_workers=3):
+            return aiodask.export(
+                paths,
+                out,
+                partition_size=1,
+                transform=HoldBack(1, str(marker)),  # the second item is written first
+                progress=released_when(str(paths[1]), marker),
+                **options,
+            )
+
+    fresh = run(tmp_path / "fresh", tmp_path / "released-1")
+    assert outcome(fresh) == outcome(single_machine(paths, tmp_path / "single", **options))
+    assert outcome(fresh)[str(paths[0])] == (Status.WRITTEN, None)
+    assert published(tmp_path / "fresh")[name] == pydicom_bytes(paths[0])
+
+    (tmp_path / "before").mkdir()
+    (tmp_path / "before" / name).write_bytes(b"there before the export")
+    kept = run(tmp_path / "before", tmp_path / "released-2")
+    status = Status.FAILED if keep == "exist_ok=False" else Status.SKIPPED
+    assert outcome(kept)[str(paths[0])] == (status, "FileExistsError")
+    assert outcome(kept)[str(paths[1])] == (Status.FAILED, "DuplicateDestinationError")
+    assert (tmp_path / "before" / name).read_bytes() == b"there before the export"
+
+
+def test_a_clash_between_bag_partitions_on_two_workers(tmp_path: Path, client: Client) -> None:
+    """Datasets built on the workers (a bag): the clash is settled by building the
+    bag partition again; the first in source order holds the name."""
+    marker = tmp_path / "released"
+    bag = db.from_sequence([1, 2, 3], npartitions=3).map(clashing)
+    seen: list[ExportProgress] = []
+
+    def progress(now: ExportProgress) -> None:
+        seen.append(now)
+        if int(now.item.bytes) and now.done == 1:
+            marker.touch()  # the first item reported: not the held-back one
+
+    report = aiodask.export(
+        bag,
+        tmp_path / "out",
+        client=client,
+        template="{SOPInstanceUID}.dcm",
+        on_conflict="suffix",
+        transform=HoldBack(1, str(marker)),
+        progress=progress,
+    )
+
+    assert report.ok
+    assert published(tmp_path / "out") == {
+        f"{CLASHING_UID}.dcm": pydicom_bytes(clashing(1)),
+        f"{CLASHING_UID}-1.dcm": pydicom_bytes(clashing(2)),
+        f"{ct(3).SOPInstanceUID}.dcm": pydicom_bytes(clashing(3)),
+    }
 
 
 def test_fail_fast_starts_no_new_partition_after_a_failure(tmp_path: Path) -> None:

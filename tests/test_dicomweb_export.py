@@ -125,7 +125,7 @@ async def test_folder_to_orthanc_batched_byte_identical(
     orthanc_dicomweb: str, tmp_path: Path
 ) -> None:
     """Every instance stored as pydicom writes it; a file pydicom refuses fails alone;
-    requests hold several consecutive instances (counted by a recording proxy)."""
+    requests hold several instances, in source order (counted by a recording proxy)."""
     paths = scans(tmp_path / "scans", big=True)
     (tmp_path / "scans" / "notes.txt").write_bytes(BROKEN_DICOM)
     seen: list[ExportProgress] = []
@@ -146,16 +146,15 @@ async def test_folder_to_orthanc_batched_byte_identical(
     assert failure.destination is None
     assert type(failure.error).__name__ == "InvalidDicomError"
 
-    # batched: fewer requests than instances, at most 4 each, each a run of
-    # consecutive sources in order
+    # batched: fewer requests than instances, at most 4 each, each in source order
+    # (the sources are handed out one at a time to the two requests in flight)
     order = [uid_of(path) for path in paths]
     assert len(requests) < len(paths)
     sent = []
     for request in requests:
         uids = [part.sop_instance_uid for part in request.parts]
         assert 1 <= len(uids) <= 4
-        start = order.index(uids[0])
-        assert uids == order[start : start + len(uids)]
+        assert uids == sorted(uids, key=order.index)
         sent += uids
     assert sorted(sent) == sorted(order)  # each once
 
@@ -405,8 +404,10 @@ async def test_concurrency_is_requests_in_flight(fake: FakeDicomWeb) -> None:
     assert report.written == 9
     assert report.ok
     order = [ds.SOPInstanceUID for ds in instances]
-    groups = sorted([part.sop_instance_uid for part in r.parts] for r in fake.stow_requests)
-    assert groups == sorted([order[0:3], order[3:6], order[6:9]])
+    groups = [[part.sop_instance_uid for part in r.parts] for r in fake.stow_requests]
+    assert [len(group) for group in groups] == [3, 3, 3]
+    assert all(group == sorted(group, key=order.index) for group in groups)  # source order
+    assert sorted(uid for group in groups for uid in group) == sorted(order)
 
 
 async def test_batch_bytes_bounds_a_request(fake: FakeDicomWeb) -> None:
@@ -440,7 +441,8 @@ async def test_per_instance_failure_and_warnings(fake: FakeDicomWeb) -> None:
         )
 
     fake.responder = answer
-    report = await aiodicom.export(instances, dw(fake.url))
+    # one request in flight: the three instances share it (see test_concurrency_...)
+    report = await aiodicom.export(instances, dw(fake.url), concurrency=1)
     assert len(fake.stow_requests) == 1
     results = {uid_in(item.destination): item for item in report.items}
     for ds in instances:
@@ -470,7 +472,8 @@ async def test_azure_duplicates(fake: FakeDicomWeb) -> None:
     old, new = ct(), ct()
     fake.stored[old.SOPInstanceUID] = b"already there"
 
-    report = await aiodicom.export([old, new], dw(fake.url))
+    # one request in flight, so both share one request and its answer
+    report = await aiodicom.export([old, new], dw(fake.url), concurrency=1)
     assert [item.status for item in report.items] == [Status.FAILED, Status.WRITTEN]
     error = report.items[0].error
     assert isinstance(error, FileExistsError)
@@ -479,7 +482,7 @@ async def test_azure_duplicates(fake: FakeDicomWeb) -> None:
 
     fake.requests.clear()
     new2 = ct()
-    report = await aiodicom.export([old, new2], dw(fake.url), skip_existing=True)
+    report = await aiodicom.export([old, new2], dw(fake.url), skip_existing=True, concurrency=1)
     assert [item.status for item in report.items] == [Status.SKIPPED, Status.WRITTEN]
     assert isinstance(report.items[0].error, FileExistsError)
     assert report.ok
@@ -494,7 +497,11 @@ async def test_azure_duplicates(fake: FakeDicomWeb) -> None:
     fake.requests.clear()
     new3 = ct()
     report = await aiodicom.export(
-        [old, new3], dw(fake.url), skip_existing=True, storage_options={"check_exists": False}
+        [old, new3],
+        dw(fake.url),
+        skip_existing=True,
+        concurrency=1,
+        storage_options={"check_exists": False},
     )
     assert [item.status for item in report.items] == [Status.SKIPPED, Status.WRITTEN]
     cause = report.items[0].error.__cause__  # type: ignore[union-attr]
@@ -589,6 +596,48 @@ async def test_same_instance_twice_is_a_duplicate_destination(fake: FakeDicomWeb
     [failed] = report.failures
     assert isinstance(failed.error, aiodicom.DuplicateDestinationError)
     assert sum(len(r.parts) for r in fake.stow_requests) == 1
+
+
+@pytest.mark.parametrize("batch_count", [1, 64])
+async def test_of_two_items_with_one_uid_the_first_in_source_order_is_sent(
+    fake: FakeDicomWeb, tmp_path: Path, batch_count: int
+) -> None:
+    """The first item's read ends only after the second has been read, so the
+    second would be sent first if reads decided; the first in source order is
+    sent, the second fails as a duplicate."""
+    first, second = ct(), ct()
+    second.SOPInstanceUID = first.SOPInstanceUID
+    second.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    first.InstanceNumber, second.InstanceNumber = 1, 2
+    paths = [tmp_path / "1.dcm", tmp_path / "2.dcm"]
+    for path, ds in zip(paths, (first, second), strict=True):
+        pydicom.dcmwrite(path, ds)
+    second_read = threading.Event()
+
+    def first_after_second(ds: Dataset) -> None:
+        if int(ds.InstanceNumber) == 2:
+            second_read.set()
+        elif not second_read.is_set():
+            # a safety net, not a measure: an export that reads one item at a
+            # time would wait here for ever
+            second_read.wait(20)
+
+    report = await aiodicom.export(
+        paths,
+        dw(fake.url),
+        concurrency=2,
+        storage_options={"batch_count": batch_count},
+        transform=first_after_second,
+    )
+
+    assert second_read.is_set()
+    by_source = {item.source: item for item in report.items}
+    assert by_source[str(paths[0])].status is Status.WRITTEN
+    duplicate = by_source[str(paths[1])]
+    assert duplicate.status is Status.FAILED
+    assert isinstance(duplicate.error, aiodicom.DuplicateDestinationError)
+    [part] = [part for request in fake.stow_requests for part in request.parts]
+    assert part.data == pydicom_bytes(paths[0])
 
 
 @pytest.mark.parametrize(

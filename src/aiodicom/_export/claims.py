@@ -25,7 +25,7 @@ import anyio
 
 from .._errors import DuplicateDestinationError
 
-__all__ = ["FIRST", "Grant", "NameGate", "OrderedNames", "suffixed"]
+__all__ = ["FIRST", "Grant", "NameGate", "OrderedNames", "RecordedNames", "suffixed"]
 
 _TAKEN: Final = "an earlier item of this export (in source order) has this name"
 
@@ -83,8 +83,8 @@ class OrderedNames:
         return self._advance()
 
     def take(self, name: str) -> str | DuplicateDestinationError:
-        """Decide a claim on `name` now, out of order (for exports whose items
-        have no sequence numbers)."""
+        """Decide a claim on `name` now: for a caller that asks in source order
+        itself (a Dask export's client, settling the claims of its partitions)."""
         return self._decide(name)
 
     def _advance(self) -> list[Grant]:
@@ -117,6 +117,32 @@ class OrderedNames:
         return candidate
 
 
+class RecordedNames(OrderedNames):
+    """:class:`OrderedNames` that remembers each item's claim: the name it asked
+    for (`asked`) and what it was granted (`granted`: the name, or the error).
+
+    A Dask partition runs with one, so that the client can decide the name
+    clashes between partitions in source order afterwards.
+    """
+
+    def __init__(self, on_conflict: str = "fail") -> None:
+        super().__init__(on_conflict)
+        self.asked: dict[int, str] = {}
+        self.granted: dict[int, str | DuplicateDestinationError] = {}
+
+    def ask(self, seq: int, name: str) -> list[Grant]:
+        self.asked[seq] = name
+        return self._record(super().ask(seq, name))
+
+    def resolve(self, seq: int) -> list[Grant]:
+        return self._record(super().resolve(seq))
+
+    def _record(self, grants: list[Grant]) -> list[Grant]:
+        for seq, answer in grants:
+            self.granted[seq] = answer
+        return grants
+
+
 class NameGate:
     """:class:`OrderedNames` for the tasks of one event loop: :meth:`claim`
     waits until the item's turn comes."""
@@ -143,20 +169,6 @@ class NameGate:
         finally:
             self._events.pop(seq, None)
             self._answers.pop(seq, None)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-    def claim_now(self, name: str) -> str:
-        """:meth:`claim` without waiting for earlier items (first come, first
-        served): for exports that cannot wait, such as DICOMweb batches.
-
-        Raises
-        ------
-        DuplicateDestinationError
-            If `name` is taken and conflicts fail.
-        """
-        answer = self.names.take(name)
         if isinstance(answer, BaseException):
             raise answer
         return answer

@@ -4,6 +4,7 @@ what was written there (``verify=True``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -235,6 +236,20 @@ class Root:
         if self.is_local:
             return os.path.lexists(destination)
         return bool(self._filesystem().exists(destination))
+
+    def remove(self, destination: str) -> bool:
+        """Remove `destination` if it exists (blocking); ``False`` for a callable
+        root, which cannot."""
+        if self.factory is not None:
+            return False
+        if self.is_local:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(destination)
+            return True
+        fs = self._filesystem()
+        if fs.exists(destination):
+            fs.rm_file(destination)
+        return True
 
     def _filesystem(self) -> Any:
         if self._fs is None:

@@ -1,16 +1,23 @@
 """Export to a DICOMweb server: many instances per STOW-RS request.
 
 :func:`run_dicomweb` is what :func:`~aiodicom._export.run.run_export` runs for a
-``dicomweb+http(s)://`` destination.  The sources are listed in order and cut into
-groups of up to ``batch_count`` consecutive items; each of `concurrency` workers
-takes a group and sends it with :meth:`DicomWeb.store_many
-<aiodicom.sinks.DicomWeb.store_many>`, so up to `concurrency` requests are in
-flight, each holding consecutive instances (up to ``batch_count`` of them and about
-``batch_bytes`` bytes: ``store_many`` starts another request past either).
+``dicomweb+http(s)://`` destination.  Each of `concurrency` workers sends with
+:meth:`DicomWeb.store_many <aiodicom.sinks.DicomWeb.store_many>`, so up to
+`concurrency` requests are in flight (each of up to ``batch_count`` instances and
+about ``batch_bytes`` bytes: ``store_many`` starts another request past either).
+The sources are listed in order and handed out one at a time, in that order, to
+the worker whose open request needs its next instance: a request holds instances
+in source order, not necessarily neighbours.
 
-Within a group, each item is read (in a worker thread) when the open request needs
-its next instance, and encoded while it streams: memory holds the instance being
-sent, not the group.  Every item gets its own :class:`ItemResult`, from its
+Each item is read (in a worker thread) when it is handed out, and encoded while it
+streams: memory holds the instances being sent, one per request.  Two items with
+one SOP Instance UID are one instance on the server: an item is sent only once
+every item before it in source order has been read (its UID known), so the first
+in source order is the one sent, whatever the timing, and a later one fails with
+:class:`~aiodicom.DuplicateDestinationError`.  The wait is for reads already
+under way (every item handed out is being read), so requests stay in flight.
+
+Every item gets its own :class:`ItemResult`, from its
 :class:`~aiodicom.sinks.StowResult`.  The server names instances by their UIDs, so
 the template does not apply; an item's destination is its RetrieveURL, or
 ``{base}/studies/{study}/series/{series}/instances/{instance}``.
@@ -28,7 +35,6 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -47,6 +53,7 @@ from ..sinks._dicomweb_batch import _maybe_stored
 from ..sinks._protocol import Chunk
 from ..sinks._stow import MetaSniffer
 from ..sinks.dicomweb import DicomWeb, StowResult, StowStatus
+from .claims import FIRST
 from .destination import Root
 from .naming import DEFAULT_TEMPLATE
 from .options import ExportOptions
@@ -249,15 +256,12 @@ async def run_dicomweb(
     sink = make_sink(root, options)
     run = Run(root, options, progress, tally)
     exporter = _Exporter(run, sink, options)
-    size = 1 if options.dry_run else sink.batch_count
-    send, receive = anyio.create_memory_object_stream[list[Source]](0)
+    send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
     selection = selection_for(root, options)
     try:
         async with sink, anyio.create_task_group() as group:  # one connection pool
             run.cancel_scope = group.cancel_scope
-            group.start_soon(
-                _produce, sources, options.source_storage_options, selection, size, send
-            )
+            group.start_soon(_produce, sources, options.source_storage_options, selection, send)
             async with receive:
                 for _ in range(options.concurrency):
                     group.start_soon(exporter.work, receive.clone())
@@ -272,19 +276,15 @@ async def _produce(
     sources: Any,
     storage_options: dict[str, Any] | None,
     selection: Selection,
-    size: int,
-    send: anyio.abc.ObjectSendStream[list[Source]],
+    send: anyio.abc.ObjectSendStream[tuple[int, Source]],
 ) -> None:
-    """Cut the sources, in order, into groups of `size` consecutive items."""
+    """The sources, in order, one at a time, with their sequence numbers (which
+    decide which of two items with one SOP Instance UID is sent)."""
     async with send, aclosing(iter_sources(sources, storage_options, selection)) as items:
-        group: list[Source] = []
+        seq = FIRST
         async for item in items:
-            group.append(item)
-            if len(group) >= size:
-                await send.send(group)
-                group = []
-        if group:
-            await send.send(group)
+            await send.send((seq, item))
+            seq += 1
 
 
 class _Exporter:
@@ -294,26 +294,34 @@ class _Exporter:
         self.options = options
         self.check = sink.check_exists and not options.overwrite
 
-    async def work(self, groups: anyio.abc.ObjectReceiveStream[list[Source]]) -> None:
-        async with groups:
-            async for group in groups:
-                if self.options.dry_run:
-                    for source in group:
-                        await self.plan(source)
-                else:
-                    await self.send(group)
+    async def work(self, items: anyio.abc.ObjectReceiveStream[tuple[int, Source]]) -> None:
+        async with items:
+            if self.options.dry_run:
+                async for seq, source in items:
+                    await self.plan(seq, source)
+            else:
+                await self.send(items)
 
-    async def read(self, source: Source) -> _Entry | None:
-        """Read and name `source`, or record its failure and return ``None``."""
+    async def read(self, seq: int, source: Source) -> _Entry | None:
+        """Read and name `source`, or record its failure and return ``None``.
+
+        Returns only once every earlier item (in source order) has been read, or
+        has failed before it was named: the first of two items with one SOP
+        Instance UID gets it, the later fails with
+        :class:`~aiodicom.DuplicateDestinationError`.
+        """
         started = time.perf_counter()
         named: str | None = None
         try:
-            dataset, name, uid = await anyio.to_thread.run_sync(
-                self._read_and_name, source, abandon_on_cancel=True
-            )
-            named = name
-            # first come, first served: requests in flight take items out of order
-            self.run.gate.claim_now(name)
+            try:
+                dataset, name, uid = await anyio.to_thread.run_sync(
+                    self._read_and_name, source, abandon_on_cancel=True
+                )
+                named = name
+            finally:
+                if named is None:
+                    self.run.gate.resolve(seq)
+            await self.run.gate.claim(seq, name)
         except Exception as exc:
             result, _ = self.run._failed(source, named, started, exc, [])
             await self.run.record(result)  # skipped (not DICOM...) or failed
@@ -330,9 +338,9 @@ class _Exporter:
             dataset = transform(dataset)
         return dataset, instance_url(self.sink.url, dataset), str(dataset.SOPInstanceUID)
 
-    async def plan(self, source: Source) -> None:
+    async def plan(self, seq: int, source: Source) -> None:
         """Dry run: read and name; with the search on, ask whether the server has it."""
-        entry = await self.read(source)
+        entry = await self.read(seq, source)
         if entry is None:
             return
         status = Status.PLANNED
@@ -346,14 +354,14 @@ class _Exporter:
         seconds = time.perf_counter() - entry.started
         await self.run.record(ItemResult(source.label, entry.name, status, 0, seconds, error))
 
-    async def send(self, group: list[Source]) -> None:
-        """Send a group with ``store_many``; record a result per item."""
-        pending = deque(group)
+    async def send(self, sources: anyio.abc.ObjectReceiveStream[tuple[int, Source]]) -> None:
+        """Send the items handed out to this worker with ``store_many``; record a
+        result per item."""
         waiting: dict[_Entry, None] = {}  # handed to store_many, no result yet (in order)
 
         async def items() -> AsyncGenerator[tuple[_Entry, Callable[[], _Encoding]], None]:
-            while pending:
-                entry = await self.read(pending.popleft())
+            async for seq, source in sources:
+                entry = await self.read(seq, source)
                 if entry is not None:
                     waiting[entry] = None
                     yield entry, entry.encode

@@ -375,6 +375,21 @@ class Tally:
         self.bytes_written += item.bytes
         if self.on_item is not None:
             self.on_item(item)
+        return self._progress(item)
+
+    def amend(self, index: int, item: ItemResult) -> ExportProgress:
+        """Put `item` in place of the `index`-th item kept (a later, final result
+        of the same item: a Dask export settles name clashes between partitions
+        at the end); the counts follow, `done` does not grow.  Needs
+        ``keep_items``.  Returns the progress."""
+        old = self.items[index]
+        self.items[index] = item
+        self.counts[old.status] -= 1
+        self.counts[item.status] += 1
+        self.bytes_written += item.bytes - old.bytes
+        return self._progress(item)
+
+    def _progress(self, item: ItemResult) -> ExportProgress:
         counts = self.counts
         return ExportProgress(
             item=item,

@@ -305,12 +305,17 @@ async def run_export(
     keep_items: bool = True,
     on_item: Callable[[ItemResult], object] | None = None,
     check_destination: bool = True,
+    names: OrderedNames | None = None,
+    positions: list[int | None] | None = None,
 ) -> ExportReport:
     """Run an export whose settings were checked already (see :func:`export`);
     `on_item` gets every finished item (the streamed report).
 
     `check_destination`: run the destination's pre-flight check first (a Dask
-    partition does not: the client did).
+    partition does not: the client did).  `names` decides the name clashes
+    (default: a new :class:`OrderedNames`), and `positions`, a list, gets the
+    sequence number of each item in the order the report lists them: both for
+    an export in this process only (a Dask partition's).
     """
     if check_destination:
         check = functools.partial(root.check, dry_run=options.dry_run)
@@ -335,7 +340,8 @@ async def run_export(
         return await run_in_processes(
             sources, root, options, workers=workers, progress=progress, tally=tally
         )
-    run = Run(root, options, progress, tally)
+    run = Run(root, options, progress, tally, NameGate(names) if names is not None else None)
+    run.positions = positions
     send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
     # Throughput first: encode in the worker threads, as a thread pool would.
     with encode_in_threads(), stream_deferred_values():
@@ -443,7 +449,8 @@ async def _produce(
 async def _work(run: Run, receive: anyio.abc.ObjectReceiveStream[tuple[int, Source]]) -> None:
     async with receive:
         async for seq, source in receive:
-            await run.record(*await run.export_one(source, seq))
+            result, there = await run.export_one(source, seq)
+            await run.record(result, there, seq=seq)
 
 
 class _AtDestination(Exception):
@@ -549,6 +556,9 @@ class Run:
         self.progress = progress
         self.tally = tally
         self.gate = gate if gate is not None else NameGate(OrderedNames(options.on_conflict))
+        self.positions: list[int | None] | None = None
+        """If a list: the sequence number of each item counted, in the order the
+        tally has them (a Dask partition's client needs them)."""
         self.transform = options.transform
         self.async_transform = is_async_callable(self.transform)
         self.repeated = RepeatedErrors()
@@ -612,7 +622,8 @@ class Run:
                         written[0].count,
                         time.perf_counter() - start,
                         checksum=written[0].written_checksum,
-                    )
+                    ),
+                    seq=seq,
                 )
             raise
         except Exception as exc:
@@ -900,15 +911,19 @@ class Run:
         self._make_parent(destination)
         return dataset
 
-    async def record(self, result: ItemResult, at_destination: bool = False) -> None:
+    async def record(
+        self, result: ItemResult, at_destination: bool = False, *, seq: int | None = None
+    ) -> None:
         """Add `result` and report progress (callbacks run one at a time, in order).
 
         The item is counted, and a synchronous callback called, before anything
         can be cancelled (a callback that does not await needs no lock to keep the
         order); a callback that raises stops the export, and :func:`run_export`
         raises its exception.  So does a run of items failed at the destination
-        with the same error (:class:`~aiodicom.DestinationError`).
+        with the same error (:class:`~aiodicom.DestinationError`).  `seq` is the
+        item's sequence number, kept in :attr:`positions` when that is a list.
         """
+        self._position(seq)
         now = self.tally.add(result)
         if self.progress is not None and self.callback_error is None:
             try:
@@ -932,13 +947,18 @@ class Run:
             self.tally.stopped_early = True
             self._stop()
 
-    def _record_now(self, result: ItemResult) -> None:
+    def _record_now(self, result: ItemResult, seq: int | None = None) -> None:
         """Count `result` without waiting for anything (the export is being
         cancelled); a synchronous progress callback still hears of it."""
+        self._position(seq)
         now = self.tally.add(result)
         if self.progress is not None and not inspect.iscoroutinefunction(self.progress):
             with contextlib.suppress(Exception):  # the cancellation is what matters now
                 self.progress(now)
+
+    def _position(self, seq: int | None) -> None:
+        if self.positions is not None:
+            self.positions.append(seq)
 
     def _stop(self) -> None:
         assert self.cancel_scope is not None

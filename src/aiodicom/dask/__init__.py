@@ -8,6 +8,7 @@ loop of its own, then gathers one :class:`~aiodicom.ExportReport`.  Needs the
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -17,7 +18,7 @@ import dask.base
 import dask.callbacks
 from dask.delayed import Delayed, delayed
 
-from .._errors import DuplicateDestinationError, PartitionError, RemoteError
+from .._errors import PartitionError, RemoteError
 from .._export.destination import Root
 from .._export.naming import DEFAULT_TEMPLATE, Template
 from .._export.options import ExportOptions, Transform, check_positive
@@ -25,15 +26,16 @@ from .._export.report import (
     ExportProgress,
     ExportReport,
     ItemResult,
-    Status,
-    TakenNames,
     Tally,
     describe_error,
 )
 from .._export.run import selection_for
+from ._clashes import Claimed, Settlement, settle
 from ._partition import (
     Job,
     PartitionOutcome,
+    Pick,
+    export_again,
     export_partition,
     forget_stop_flag,
     stop_flag,
@@ -41,6 +43,8 @@ from ._partition import (
 from ._plan import Partition, plan
 
 __all__ = ["PartitionError", "RemoteError", "export"]
+
+logger = logging.getLogger("aiodicom.export")
 
 DEFAULT_PARTITION_SIZE: Final = 256
 """Items per Dask task unless told otherwise."""
@@ -125,16 +129,19 @@ def export(
         ``stopped_early``; items never started are not listed.
     progress : callable, optional
         Called in the calling thread with an :class:`~aiodicom.ExportProgress`
-        per item, as the partitions come back (so in bursts).
+        per item, as the partitions come back (so in bursts); and once more, at
+        the end, for each item whose result settling a name clash between
+        partitions replaced (``done`` does not grow then).
     backend : {"asyncio", "trio"}, optional
         The event loop each task runs (default ``"asyncio"``).
     transform, include, exclude
         As for :func:`aiodicom.export`; the transform is pickled into every task
         (a module-level function the workers can import).
     on_conflict : {"fail", "suffix"}, optional
-        As for :func:`aiodicom.export`, within a partition (the first in source
-        order wins there).  Across partitions, names are compared only as the
-        partitions come back: see Returns.
+        As for :func:`aiodicom.export`, across partitions too: the first in
+        source order wins a name, always, and suffixes are those the
+        single-machine export gives.  Clashes between partitions are settled
+        when all are back: see Returns.
     checksum, verify
         As for :func:`aiodicom.export` (computed, sent and checked on the
         workers; the checksums come back in the items).
@@ -145,10 +152,14 @@ def export(
         One result per item, partitions in the order they finished.  Items of a
         partition whose task did not finish fail with :class:`PartitionError`
         (for a bag partition, one result stands for the whole partition, since
-        its items are only known on the workers).  Two items named the same
-        destination in different partitions are both exported by their workers;
-        the later one reported is marked failed with
-        :class:`~aiodicom.export.DuplicateDestinationError`.
+        its items are only known on the workers).  Two items of different
+        partitions named the same may both have been written by their workers;
+        once every partition is back, the one first in source order is exported
+        there again (this run's own output is overwritten, whatever `exist_ok`
+        says), and the other fails with
+        :class:`~aiodicom.DuplicateDestinationError` or, with
+        ``on_conflict="suffix"``, is exported under its suffixed name.  Their
+        results are replaced in place.
 
     Raises
     ------
@@ -212,7 +223,62 @@ def run_on_dask(
             _run_distributed(client, tasks, the_plan.partitions, gather)
     finally:
         forget_stop_flag(job.stop_token)
+    settlement = settle(gather.claims, options.on_conflict, options.overwrite)
+    if settlement is not None:
+        _settle(settlement, the_plan.partitions, job, client, root, gather)
     return gather.tally.report(dry_run=options.dry_run)
+
+
+def _settle(
+    settlement: Settlement,
+    partitions: list[Partition],
+    job: Job,
+    client: Any,
+    root: Root,
+    gather: _Gather,
+) -> None:
+    """Export again the items that a clash between partitions concerns, replace
+    the results that change, and remove what no item holds in the end."""
+    by_index = {partition.index: partition for partition in partitions}
+    picked = sorted(settlement.picks.items())
+    tasks = [_again_task(by_index[index], picks, job) for index, picks in picked]
+    outcomes: list[list[tuple[int, ItemResult]] | None]
+    if client is None:
+        try:
+            outcomes = list(_compute(*tasks))
+        except Exception:
+            logger.debug("exporting items again after a name clash failed", exc_info=True)
+            outcomes = [None] * len(tasks)
+    else:
+        outcomes = []
+        for future in client.compute(tasks):
+            try:
+                outcomes.append(future.result())
+            except Exception:
+                logger.debug("exporting items again after a name clash failed", exc_info=True)
+                outcomes.append(None)
+            future.release()
+    found: dict[tuple[int, int], ItemResult] = {}
+    for (index, _), outcome in zip(picked, outcomes, strict=True):
+        for seq, result in outcome or []:
+            found[index, seq] = result
+    final = settlement.results(found)
+    if not job.options.dry_run:
+        for name in settlement.orphans(final):
+            try:
+                root.remove(name)
+            except Exception:
+                logger.warning("could not remove %s after a name clash", name, exc_info=True)
+    for index, result in sorted(final.items()):
+        gather.amend(index, result)
+
+
+def _again_task(partition: Partition, picks: list[Pick], job: Job) -> Delayed:
+    key = f"{_KEY_PREFIX}-again-{partition.index}-{job.stop_token}"
+    task: Delayed = delayed(export_again, pure=False)(
+        partition.refs, picks, job, dask_key_name=key
+    )
+    return task
 
 
 def _client(client: Any) -> Any:
@@ -258,7 +324,7 @@ class _Gather:
         self.progress = progress
         self.tally = tally
         self.fail_fast = fail_fast
-        self.taken = TakenNames()
+        self.claims: list[Claimed] = []
         self.done: set[int] = set()
 
     @property
@@ -270,7 +336,14 @@ class _Gather:
         """Record what a finished task sent back."""
         self.done.add(partition.index)
         self.tally.stopped_early |= outcome.stopped_early
-        self.add([self._deduplicated(item) for item in outcome.items])
+        first = len(self.tally.items)
+        for offset, (item, claim) in enumerate(zip(outcome.items, outcome.claims, strict=True)):
+            if claim is not None:
+                seq, asked, granted = claim
+                self.claims.append(
+                    Claimed(partition.index, seq, asked, granted, first + offset, item)
+                )
+        self.add(outcome.items)
 
     def lost(self, partition: Partition, error: BaseException) -> None:
         """Record a task that did not finish."""
@@ -282,21 +355,17 @@ class _Gather:
         lost.__cause__ = error
         self.add(partition.unfinished(lost))
 
-    def _deduplicated(self, item: ItemResult) -> ItemResult:
-        name = item.destination
-        if name is None or item.status is Status.FAILED:
-            return item
-        try:
-            self.taken.claim(name, by="an item of another partition (it holds one of the two)")
-        except DuplicateDestinationError as exc:
-            return ItemResult(item.source, name, Status.FAILED, 0, item.seconds, exc)
-        return item
-
     def add(self, items: list[ItemResult]) -> None:
         for item in items:
             now = self.tally.add(item)
             if self.progress is not None:
                 self.progress(now)
+
+    def amend(self, index: int, item: ItemResult) -> None:
+        """Replace the result at `index` (kept by the tally) with `item`."""
+        now = self.tally.amend(index, item)
+        if self.progress is not None:
+            self.progress(now)
 
 
 def _run_local(
