@@ -11,6 +11,11 @@
   timed uploads (sampled every 5 ms; noisy by a part or two, as freed memory is
   reused).  The checksums are computed over the part buffers the uploader sends
   anyway, so the peak must not move.
+* CPU time, next to wall time: the uploading process's (``time.process_time``:
+  every thread of this process, so encoding, hashing and the HTTP client) and the
+  store server's (its processes' user + system time from ``/proc``: SeaweedFS or
+  Azurite run on the same machine, and Azurite checks every block's MD5 itself).
+  On a real store the server's share is not on the user's cores; the client's is.
 * The bare cost: :class:`aiodicom.Checksum` over the same bytes, in 8 MiB parts.
 
 The acceptance bar of issue 16: CRC32C costs at most 10 % of the upload's
@@ -22,6 +27,7 @@ checksum`` (needs ``python tests/servers.py install``); writes
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
@@ -71,6 +77,39 @@ def _bare_cost(data: bytes, algorithms: list[str], part: int) -> dict[str, float
             checksum.update(chunk)
         speeds[algorithm] = len(data) / MiB / (time.perf_counter() - start)
     return speeds
+
+
+def _server_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's descendants that are running
+    (the store server started for the benchmark), read from ``/proc``."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+    me, total = os.getpid(), 0
+    for pid, tick in ticks.items():
+        ancestor = parents.get(pid, 0)
+        while ancestor > 1 and ancestor != me:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == me:
+            total += tick
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(fn: Any) -> tuple[int, float, float, float]:
+    """(peak RSS above the start, wall seconds, client CPU seconds, server CPU
+    seconds) of one call of `fn`."""
+    client, server = time.process_time(), _server_cpu_seconds()
+    peak, seconds = _peak_rss_extra(fn)
+    return peak, seconds, time.process_time() - client, _server_cpu_seconds() - server
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,29 +163,52 @@ def _one_store(
             fs.rm(url)
 
         times: dict[str, list[float]] = {str(a): [] for a in algorithms}
+        client: dict[str, list[float]] = {str(a): [] for a in algorithms}
+        server: dict[str, list[float]] = {str(a): [] for a in algorithms}
         peaks: dict[str, list[int]] = {str(a): [] for a in algorithms}
+        upload(None)  # warm up: connections, imports, the server's first allocations
         for r in range(args.rounds):
             order = algorithms[r % len(algorithms) :] + algorithms[: r % len(algorithms)]
             for algorithm in order:
-                peak, seconds = _peak_rss_extra(partial(upload, algorithm))
+                peak, seconds, cpu, cpu_server = _timed(partial(upload, algorithm))
                 times[str(algorithm)].append(seconds)
+                client[str(algorithm)].append(cpu)
+                server[str(algorithm)].append(cpu_server)
                 peaks[str(algorithm)].append(peak)
         traced = {str(a): peak_extra_memory(partial(upload, a)) for a in algorithms}
     base = median(times["None"])
+    base_client, base_server = median(client["None"]), median(server["None"])
     per_store = {}
     for name, runs in times.items():
         seconds = median(runs)
+        client_s, server_s = median(client[name]), median(server[name])
+        extra_client, extra_server = client_s - base_client, server_s - base_server
         per_store[name] = {
             "median_s": seconds,
             "runs_s": runs,
             "MiB_per_s": size_mib / seconds,
             "overhead_pct": 100 * (seconds - base) / base,
+            "client_cpu_s": client_s,
+            "client_cpu_runs_s": client[name],
+            "client_cpu_overhead_pct": 100 * extra_client / base_client,
+            "server_cpu_s": server_s,
+            "server_cpu_runs_s": server[name],
+            "server_cpu_overhead_pct": 100 * extra_server / base_server,
+            # of the CPU time the checksums add, the share spent in the uploading
+            # process (the rest is the server's checking)
+            "client_share_of_extra_cpu_pct": (
+                100 * extra_client / (extra_client + extra_server)
+                if extra_client + extra_server > 0
+                else 0.0
+            ),
             "peak_rss_extra_MiB": max(peaks[name]) / MiB,
             "tracemalloc_peak_MiB": traced[name] / MiB,
         }
         print(
             f"{store} checksum={name:7}: {size_mib / seconds:7.1f} MiB/s, "
-            f"overhead {per_store[name]['overhead_pct']:+5.1f} %, "
+            f"overhead {per_store[name]['overhead_pct']:+5.1f} % "
+            f"(client CPU {client_s:5.2f} s {per_store[name]['client_cpu_overhead_pct']:+5.1f} %, "
+            f"server CPU {server_s:5.2f} s {per_store[name]['server_cpu_overhead_pct']:+5.1f} %), "
             f"peak RSS +{max(peaks[name]) / MiB:.0f} MiB, "
             f"allocations +{traced[name] / MiB:.0f} MiB"
         )

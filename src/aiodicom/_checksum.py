@@ -3,8 +3,9 @@
 :class:`Checksum` is one running checksum (CRC32C, SHA-256 or MD5) of bytes as they
 are written: ``update(chunk)`` for each chunk, then :meth:`Checksum.digest`,
 :attr:`Checksum.hex` or :attr:`Checksum.b64`.  Every built-in sink computes it over
-exactly the bytes it sends, in the thread that sends them, with no second pass and
-no copy (the hashes read the caller's buffer in place).
+exactly the bytes it sends, with no second pass and no copy (the hashes read the
+caller's buffer in place; an upload's part is hashed in its buffer just before the
+request body is copied from it, so the store's check covers that copy too).
 
 CRC32C uses ``google-crc32c`` (Google's C implementation, with the SSE4.2 / ARMv8
 CRC instructions); SHA-256 and MD5 use :mod:`hashlib` (OpenSSL).  CRC32C values can

@@ -22,12 +22,14 @@ thread; the store's coroutines run on the fsspec filesystem's own event loop
   errors (403, missing bucket, precondition failed) are not retried.
 * ``abort`` cancels parts in flight and discards the upload session (S3 abort, GCS
   session DELETE, Azure: the uncommitted blob deleted when no committed one exists).
-* Integrity: each part, once it is the ``bytes`` object handed to the HTTP client,
-  is checksummed right there (so the checksum covers exactly the bytes sent; no
-  second pass over the data, no copy).  The store sends what it can check: per
-  part (S3 ``x-amz-checksum-*`` / ``Content-MD5``, Azure ``Content-MD5``) and for
-  the whole object (S3 full-object CRC32C or composite SHA-256 at completion, GCS
-  ``crc32c`` / ``md5Hash``, Azure's blob MD5).  A store that finds a mismatch
+* Integrity: each part is checksummed in its buffer once it is full, while the
+  previous part is still travelling (no second pass over the data, no copy); the
+  ``bytes`` object handed to the HTTP client is then copied from that buffer, so
+  what the store checks against our checksum includes that copy.  The store
+  sends what it can check: per part (S3 ``x-amz-checksum-*`` / ``Content-MD5``,
+  Azure ``Content-MD5``) and for the whole object (S3 full-object CRC32C or
+  composite SHA-256 at completion, GCS ``crc32c`` / ``md5Hash``, Azure's blob MD5
+  with ``checksum="md5"``).  A store that finds a mismatch
   rejects the request; the store adapter raises
   :class:`~aiodicom.ChecksumMismatchError`, which is never retried, and the
   driver aborts the upload as for any other failure.
@@ -244,8 +246,8 @@ class PartWriter:
         store, last = self._store, bytes(self._buffer)
         self._buffer = bytearray()
         sums = self._checksum(last, part=self._started)
-        if not self._started:
-            self._call(store.put, last, self._exclusive, self._whole)
+        if not self._started:  # one request: its checksums are the object's
+            self._call(store.put, last, self._exclusive, {**sums, **self._whole})
         else:
             while self._pending:
                 self._parts.append(self._pending.popleft().result())
@@ -279,28 +281,34 @@ class PartWriter:
                 raise exists_error(self._url)
             self._call(store.start, self._exclusive)
             self._started = True
+        # checksummed in place before waiting for a free slot, so the hashes run
+        # while the previous part travels (hashlib releases the GIL); the bytes
+        # sent are copied from this buffer afterwards, a copy the store's check
+        # then covers too
+        sums = self._checksum(self._buffer)
         while len(self._pending) >= self._concurrency:
             self._parts.append(self._pending.popleft().result())
         # bytes, not the bytearray: HTTP clients slice a bytearray body (a copy)
         data = bytes(self._buffer)
         self._buffer = bytearray()
-        sums = self._checksum(data)
         number = len(self._parts) + len(self._pending) + 1
         coro = self._tracked(self._retrying(store.upload_part, number, self._offset, data, sums))
         self._offset += len(data)
         self._pending.append(asyncio.run_coroutine_threadsafe(coro, store.loop))
 
-    def _checksum(self, data: bytes, *, part: bool = True) -> Checksums:
-        """Checksum `data`, exactly the ``bytes`` object that will be sent, for the
-        part (unless `part` is false: a single-request upload) and for the whole
-        object; return the part's checksums."""
+    def _checksum(self, data: bytes | bytearray, *, part: bool = True) -> Checksums:
+        """Checksum `data`, the part about to be sent (in place: no copy), for the
+        part and for the whole object; return the part's checksums.  For a
+        single-request upload (`part` false) the part's algorithm is computed only
+        where the whole object's checksums lack it (Azure's MD5 when the user
+        chose another)."""
         sums: Checksums = {}
-        algorithm = self._part_algorithm if part else None
-        if algorithm is not None:
+        algorithm = self._part_algorithm
+        if algorithm is not None and (part or algorithm not in self._whole):
             sums[algorithm] = Checksum(algorithm)
             sums[algorithm].update(data)
         for name, whole in self._whole.items():
-            if name == algorithm == "crc32c":
+            if name == algorithm == "crc32c" and name in sums:
                 whole.extend(sums[name])  # CRC32C combines: no second computation
             else:
                 whole.update(data)

@@ -11,11 +11,14 @@ blob's next commit, or after a week).  The Azure SDK retries each request itself
 ours are on top.
 
 Checksums: Azure checks MD5 only.  Every staged block carries its ``Content-MD5``
-(transactional: the service refuses a block whose bytes differ), Put Blob carries
-the whole blob's, and Put Block List stores the whole blob's MD5 as the blob's
-``Content-MD5`` property (the service does not check it there: the blocks were
-checked).  The MD5s are computed whatever checksum the user chose for the report,
-unless checksums are off.
+(transactional: the service refuses a block whose bytes differ) and Put Blob the
+whole blob's; these MD5s are computed whatever checksum the user chose for the
+report, unless checksums are off.  With ``checksum="md5"`` Put Block List also
+stores the whole blob's MD5 (the reported checksum) as the blob's ``Content-MD5``
+property; the service does not check it there (the blocks were checked), so with
+another checksum no second MD5 of the whole blob is computed for it, and a blob
+written in several blocks has no ``Content-MD5`` property (one written in one
+request has it: the service keeps the MD5 of a Put Blob).
 """
 
 from __future__ import annotations
@@ -75,7 +78,9 @@ class AzureStore(StoreBase):
     def checksums(
         self, algorithm: Algorithm | None
     ) -> tuple[Algorithm | None, tuple[Algorithm, ...]]:
-        return (None, ()) if algorithm is None else ("md5", ("md5",))
+        # the blob's MD5 only where it is the reported checksum: nothing checks
+        # it at Put Block List, and it would cost a second MD5 pass over the data
+        return (None, ()) if algorithm is None else ("md5", ("md5",) if algorithm == "md5" else ())
 
     async def put(self, data: bytes, exclusive: bool, whole: Checksums) -> None:
         limit = getattr(getattr(self._client, "_config", None), "max_single_put_size", None)
