@@ -301,3 +301,91 @@ async def test_large_multiframe(tmp_path: Path) -> None:
     await aiodicom.dcmwrite(path, ds, exist_ok=False)
     assert path.stat().st_size == reference.length
     assert _hash_file(path) == reference.digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# The core's own framing of raw elements
+
+
+def _pydicom_framing(elem: Any, implicit_vr: bool, little_endian: bool) -> bytes:
+    from pydicom.filewriter import write_data_element
+
+    out = DicomBytesIO()
+    out.is_implicit_VR, out.is_little_endian = implicit_vr, little_endian
+    write_data_element(out, elem)
+    return out.getvalue()
+
+
+def test_raw_elements_framed_as_pydicom_frames_them() -> None:
+    """Every small raw element of every shipped file, in the encoding it was read
+    with, is framed byte for byte as ``write_data_element`` frames it (or left to
+    pydicom); most of them take the fast way, so this is not vacuous."""
+    from pydicom.dataelem import RawDataElement
+
+    from aiodicom._core.encode import _raw_element
+
+    framed = declined = 0
+    for path in SHIPPED:
+        dataset = _reader(path)()
+        implicit_vr, little_endian = dataset.original_encoding
+        if implicit_vr is None or little_endian is None:
+            continue
+        for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
+            elem = dataset.get_item(tag)
+            if type(elem) is not RawDataElement or not isinstance(elem.value, bytes):
+                continue
+            ours = _raw_element(elem, implicit_vr, little_endian)
+            if ours is None:
+                declined += 1
+                continue
+            framed += 1
+            assert ours == _pydicom_framing(elem, implicit_vr, little_endian), (path, tag)
+    assert framed > 20 * declined > 0
+
+
+@pytest.mark.parametrize("little_endian", [True, False])
+@pytest.mark.parametrize("implicit_vr", [True, False])
+@pytest.mark.parametrize(
+    ("vr", "length", "value"),
+    [
+        ("LO", 6, b"ABCDEF"),
+        ("UN", 0xFFFFFFFF, b"\x01\x02"),  # undefined length: delimiter appended
+        ("OB", 4, b"\x00\x01\x02\x03"),
+        ("SH", 0, b""),
+        ("LO", 5, b"ABCDE"),  # odd: written as it is, no padding
+        ("XY", 2, b"ab"),  # an unknown VR is written with a 16-bit length
+    ],
+)
+def test_raw_element_framing_cases(
+    vr: str, length: int, value: bytes, implicit_vr: bool, little_endian: bool
+) -> None:
+    from pydicom.dataelem import RawDataElement
+
+    from aiodicom._core.encode import _raw_element
+
+    elem = RawDataElement(
+        pydicom.tag.Tag(0x00091010), vr, length, value, 0, implicit_vr, little_endian
+    )
+    assert _raw_element(elem, implicit_vr, little_endian) == _pydicom_framing(
+        elem, implicit_vr, little_endian
+    )
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "length", "value"),
+    [
+        (0x00091010, "LO", 0x10000, b"x" * 0x10000),  # pydicom warns and writes UN
+        (0x00091010, "LO", 0xFFFFFFFF, b"ab"),  # 16-bit VR, undefined length
+        (0x7FE00010, "OB", 0xFFFFFFFF, b"\xfe\xff\x00\xe0\x00\x00\x00\x00"),  # checked
+        (0x00091010, "US or SS", 2, b"\x00\x01"),  # ambiguous: pydicom refuses it
+        (0x00091010, "LO", 2, bytearray(b"ab")),  # not bytes
+    ],
+)
+def test_raw_element_framing_left_to_pydicom(tag: int, vr: str, length: int, value: Any) -> None:
+    """What pydicom treats specially is left to it (explicit VR little endian)."""
+    from pydicom.dataelem import RawDataElement
+
+    from aiodicom._core.encode import _raw_element
+
+    elem = RawDataElement(pydicom.tag.Tag(tag), vr, length, value, 0, False, True)
+    assert _raw_element(elem, False, True) is None

@@ -66,6 +66,13 @@ _DEFLATE_SLICE: Final = 1024 * 1024
 
 _TAG = {True: Struct("<HH"), False: Struct(">HH")}
 _UL = {True: Struct("<L"), False: Struct(">L")}
+_TAG_UL = {True: Struct("<HHL"), False: Struct(">HHL")}
+_TAG_VR_US = {True: Struct("<HH2sH"), False: Struct(">HH2sH")}
+_TAG_VR_UL = {True: Struct("<HH2s2xL"), False: Struct(">HH2s2xL")}
+_DELIMITER = {
+    little: _TAG_UL[little].pack(SequenceDelimiterTag >> 16, SequenceDelimiterTag & 0xFFFF, 0)
+    for little in (True, False)
+}
 
 
 @dataclass(frozen=True)
@@ -295,6 +302,14 @@ def _encode_dataset(
                     elem = get_item(tag)
             else:
                 elem = get_item(tag)
+            if type(elem) is RawDataElement:
+                encoded = _raw_element(elem, implicit_vr, little_endian)
+                if encoded is not None:
+                    buffer.write(encoded)
+                    if buffer.tell() >= CHUNK_SIZE:
+                        yield buffer.getvalue()
+                        buffer = _new_buffer(encoding)
+                    continue
             passthrough = _passthrough(elem, implicit_vr, little_endian)
             if passthrough is None:
                 # pydicom reads any buffered value in it (nested in a sequence,
@@ -315,6 +330,42 @@ def _encode_dataset(
             yield from passthrough
     if buffer.tell():
         yield buffer.getvalue()
+
+
+def _raw_element(elem: RawDataElement, implicit_vr: bool, little_endian: bool) -> bytes | None:
+    """A small raw element framed as ``write_data_element`` frames it (the value
+    as it is), or ``None`` for pydicom to do it: anything but the plain cases
+    (not ``bytes``; large, for the uncopied pass-through; an ambiguous or
+    non-ASCII VR, which pydicom refuses; a 16-bit length it would change to UN or
+    cannot hold; an undefined length with a 16-bit VR, or on Pixel Data, which
+    pydicom checks first).
+
+    Only for the encoding the element was read with: ``write_data_element``
+    writes a raw element's bytes unchanged, and nothing else about it differs.
+    """
+    value = elem.value
+    if type(value) is not bytes or len(value) >= PASSTHROUGH_MIN:
+        return None
+    tag = elem.tag
+    undefined = elem.length == 0xFFFFFFFF
+    if undefined and tag == _PIXEL_DATA:
+        return None
+    length = 0xFFFFFFFF if undefined else len(value)
+    if implicit_vr:
+        head = _TAG_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, length)
+    else:
+        vr = elem.VR
+        if not vr or len(vr) != 2 or not vr.isascii():
+            return None
+        if vr in EXPLICIT_VR_LENGTH_32:
+            head = _TAG_VR_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
+        elif undefined or length > 0xFFFF:
+            return None
+        else:
+            head = _TAG_VR_US[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
+    if undefined:
+        return head + value + _DELIMITER[little_endian]
+    return head + value
 
 
 def _new_buffer(encoding: tuple[bool, bool]) -> DicomBytesIO:
