@@ -389,3 +389,32 @@ def test_raw_element_framing_left_to_pydicom(tag: int, vr: str, length: int, val
 
     elem = RawDataElement(pydicom.tag.Tag(tag), vr, length, value, 0, False, True)
     assert _raw_element(elem, False, True) is None
+
+
+def test_plain_file_meta_encoded_as_pydicom_encodes_it() -> None:
+    """The File Meta Information of every shipped file that the core encodes
+    itself comes out as ``write_file_meta_info`` writes it (on pydicom's own deep
+    copy), and the file's meta is left as it was; most take that way."""
+    import copy
+
+    from pydicom.filewriter import write_file_meta_info
+
+    from aiodicom._core.encode import _copy_meta, _encode_plain_meta, _plain_meta
+    from tests.helpers import dataset_state
+
+    plain = other = 0
+    for path in SHIPPED:
+        meta = getattr(_reader(path)(), "file_meta", None)
+        if not meta:
+            continue
+        if not _plain_meta(meta):
+            other += 1
+            continue
+        plain += 1
+        before = dataset_state(meta)
+        expected = DicomBytesIO()
+        expected.is_implicit_VR, expected.is_little_endian = False, True
+        write_file_meta_info(expected, copy.deepcopy(meta), enforce_standard=False)
+        assert _encode_plain_meta(_copy_meta(meta)) == expected.getvalue(), path
+        assert dataset_state(meta) == before, path
+    assert plain > 10 * other

@@ -162,8 +162,14 @@ def prepare(
         raise ValueError("'force_encoding' cannot be used with 'enforce_file_format'")
 
     file_meta = FileMetaDataset()
+    plain_meta = False
     if hasattr(dataset, "file_meta"):
-        file_meta = deepcopy(dataset.file_meta)
+        # pydicom works on a deep copy, which it changes (the group length, and
+        # with enforce_file_format the elements it adds).  Plain meta as read from
+        # a file is encoded without changing anything: a copy of its element
+        # dictionary keeps the caller's elements as they are, for far less.
+        plain_meta = not enforce_file_format and _plain_meta(dataset.file_meta)
+        file_meta = _copy_meta(dataset.file_meta) if plain_meta else deepcopy(dataset.file_meta)
 
     tsyntax: UID | None = file_meta.get("TransferSyntaxUID", None)
     encoding = _determine_encoding(dataset, tsyntax, implicit_vr, little_endian, force_encoding)
@@ -223,7 +229,9 @@ def prepare(
     if preamble:
         head += preamble
         head += b"DICM"
-    if file_meta:
+    if file_meta and plain_meta:
+        head += _encode_plain_meta(file_meta)
+    elif file_meta:
         meta = DicomBytesIO()
         meta.is_implicit_VR, meta.is_little_endian = encoding
         write_file_meta_info(meta, file_meta, enforce_standard=enforce_file_format)
@@ -237,6 +245,75 @@ def prepare(
         deflate=tsyntax == DeflatedExplicitVRLittleEndian,
         read_deferred=read_deferred,
     )
+
+
+_GROUP_LENGTH: Final = 0x00020000
+
+
+def _plain_meta(file_meta: Any) -> bool:
+    """Whether ``write_file_meta_info(fp, file_meta, enforce_standard=False)``
+    would change nothing but the group length's value: a ``FileMetaDataset`` in
+    its own encoding (explicit VR little endian, so pydicom corrects no VR in
+    it), of group 2 elements only (else pydicom raises), none of them buffered,
+    whose group length, if any, is a 4-byte ``UL`` (so the new one is written
+    over it exactly, as pydicom does)."""
+    if type(file_meta) is not FileMetaDataset:
+        return False
+    if file_meta.original_encoding != (False, True):
+        return False
+    if file_meta.original_character_set != file_meta._character_set:
+        return False
+    for tag, elem in file_meta._dict.items():
+        if tag >> 16 != 2:
+            return False
+        if type(elem) is RawDataElement:
+            if tag == _GROUP_LENGTH and (elem.VR != "UL" or len(elem.value or b"") != 4):
+                return False
+        elif type(elem) is DataElement:
+            if elem.is_buffered:
+                return False
+            if tag == _GROUP_LENGTH and (elem.VR != "UL" or type(elem.value) is not int):
+                return False
+        else:
+            return False
+    return True
+
+
+def _copy_meta(file_meta: FileMetaDataset) -> FileMetaDataset:
+    """A copy of plain `file_meta` (see :func:`_plain_meta`) whose element
+    dictionary is its own: reading an element converts it in the copy only."""
+    copy = FileMetaDataset.__new__(FileMetaDataset)
+    copy.__dict__.update(file_meta.__dict__)
+    copy._dict = dict(file_meta._dict)
+    return copy
+
+
+def _encode_plain_meta(file_meta: FileMetaDataset) -> bytes:
+    """``write_file_meta_info(fp, file_meta, enforce_standard=False)``'s bytes
+    for plain `file_meta` (see :func:`_plain_meta`), without changing it: the
+    elements in tag order, then the group length set to the length after it."""
+    parts = []
+    for tag in sorted(file_meta._dict):
+        with tag_in_exception(BaseTag(tag)):
+            elem: DataElement | RawDataElement = file_meta.get_item(BaseTag(tag))
+            encoded = None
+            if type(elem) is RawDataElement:
+                encoded = _raw_element(elem, False, True)
+            if encoded is None:
+                buffer = _new_buffer((False, True))
+                write_data_element(buffer, elem, default_encoding)
+                encoded = buffer.getvalue()
+            parts.append(encoded)
+    out = b"".join(parts)
+    if _GROUP_LENGTH in file_meta._dict:
+        # pydicom sets the value to the length after this 12-byte element and
+        # writes the element again over the first one
+        out = (
+            _TAG_VR_US[True].pack(0x0002, 0x0000, b"UL", 4)
+            + _UL[True].pack(len(out) - 12)
+            + out[12:]
+        )
+    return out
 
 
 def _deflate(body: Iterator[Chunk]) -> Iterator[Chunk]:
