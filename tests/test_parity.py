@@ -391,10 +391,11 @@ def test_raw_element_framing_left_to_pydicom(tag: int, vr: str, length: int, val
     assert _raw_element(elem, False, True) is None
 
 
-def test_plain_file_meta_encoded_as_pydicom_encodes_it() -> None:
-    """The File Meta Information of every shipped file that the core encodes
-    itself comes out as ``write_file_meta_info`` writes it (on pydicom's own deep
-    copy), and the file's meta is left as it was; most take that way."""
+def test_plain_file_meta_encoded_as_pydicom_encodes_it(tmp_path: Path) -> None:
+    """The File Meta Information of every shipped file and generated dataset
+    that the core encodes itself comes out as ``write_file_meta_info`` writes
+    it (on pydicom's own deep copy), and the caller's meta is left as it was;
+    most take that way."""
     import copy
 
     from pydicom.filewriter import write_file_meta_info
@@ -402,15 +403,18 @@ def test_plain_file_meta_encoded_as_pydicom_encodes_it() -> None:
     from aiodicom._core.encode import _copy_meta, _encode_plain_meta, _plain_meta
     from tests.helpers import dataset_state
 
-    plain = other = 0
-    for path in SHIPPED:
-        meta = getattr(_reader(path)(), "file_meta", None)
+    plain = other = built_plain = 0
+    built = [factory(tmp_path) for factory in datasets.GENERATED.values()]
+    for path in [*SHIPPED, *built]:
+        dataset = path if isinstance(path, Dataset) else _reader(path)()
+        meta = getattr(dataset, "file_meta", None)
         if not meta:
             continue
         if not _plain_meta(meta):
             other += 1
             continue
         plain += 1
+        built_plain += isinstance(path, Dataset)
         before = dataset_state(meta)
         expected = DicomBytesIO()
         expected.is_implicit_VR, expected.is_little_endian = False, True
@@ -418,3 +422,4 @@ def test_plain_file_meta_encoded_as_pydicom_encodes_it() -> None:
         assert _encode_plain_meta(_copy_meta(meta)) == expected.getvalue(), path
         assert dataset_state(meta) == before, path
     assert plain > 10 * other
+    assert built_plain > 5  # meta built in memory is plain too

@@ -49,7 +49,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
 )
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
 from .rules import CHUNK_SIZE, PASSTHROUGH_MIN, VERBATIM_VRS, Chunk
 
@@ -248,23 +248,30 @@ def prepare(
 
 
 _GROUP_LENGTH: Final = 0x00020000
+_RECODED_VRS: Final = AMBIGUOUS_VR | {"SQ"}
+"""VRs that ``correct_ambiguous_vr`` acts on."""
 
 
 def _plain_meta(file_meta: Any) -> bool:
     """Whether ``write_file_meta_info(fp, file_meta, enforce_standard=False)``
-    would change nothing but the group length's value: a ``FileMetaDataset`` in
-    its own encoding (explicit VR little endian, so pydicom corrects no VR in
-    it), of group 2 elements only (else pydicom raises), none of them buffered,
-    whose group length, if any, is a 4-byte ``UL`` (so the new one is written
-    over it exactly, as pydicom does)."""
+    would change nothing but the group length's value: a ``FileMetaDataset`` of
+    group 2 elements only (else pydicom raises), none of them buffered, in its
+    own encoding (explicit VR little endian) or else with nothing for pydicom to
+    correct or convert (no raw element, sequence or ambiguous VR), whose group
+    length, if any, is a 4-byte ``UL`` (so the new one is written over it
+    exactly, as pydicom does)."""
     if type(file_meta) is not FileMetaDataset:
         return False
-    if file_meta.original_encoding != (False, True):
-        return False
-    if file_meta.original_character_set != file_meta._character_set:
-        return False
+    # Not in its own encoding (built in memory, say), pydicom corrects ambiguous
+    # VRs and converts raw elements first: plain if there is nothing to do.
+    recoded = (
+        file_meta.original_encoding != (False, True)
+        or file_meta.original_character_set != file_meta._character_set
+    )
     for tag, elem in file_meta._dict.items():
         if tag >> 16 != 2:
+            return False
+        if recoded and (type(elem) is not DataElement or elem.VR in _RECODED_VRS):
             return False
         if type(elem) is RawDataElement:
             if tag == _GROUP_LENGTH and (elem.VR != "UL" or len(elem.value or b"") != 4):
