@@ -50,6 +50,22 @@ def result_value(suite: str, path: str, results_dir: Path = RESULTS) -> Any:
     return value
 
 
+def verdict(suite: str, path: str, op: str, target: str, results_dir: Path = RESULTS) -> str:
+    """``met`` or ``**not met**``: whether the value at `path` of ``SUITE.json``
+    is at least (`op` ``ge``) or at most (``le``) `target`: what a
+    ``<!--verdict:SUITE:path:op:target-->`` marker becomes, so that no page says a
+    target is met, or not, against its own results file."""
+    value = float(result_value(suite, path, results_dir))
+    bound = float(target)
+    if op == "ge":
+        ok = value >= bound
+    elif op == "le":
+        ok = value <= bound
+    else:
+        raise ValueError(f"unknown comparison {op!r} (ge or le)")
+    return "met" if ok else "**not met**"
+
+
 def render(results_dir: Path = RESULTS) -> str:
     """Markdown for every result file in `results_dir` (or a note when there is none)."""
     files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []

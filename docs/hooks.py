@@ -103,6 +103,9 @@ def on_files(files: Files, config: Any) -> Files:
 # comes from a results file the benchmarks wrote, never typed by hand.  An unknown
 # path fails the build.
 _RESULT = re.compile(r"<!--result:([a-z0-9_]+):([A-Za-z0-9_./ \-]+)-->")
+# ``<!--verdict:SUITE:path:ge|le:target-->``: "met" or "**not met**", from the
+# same value (see ``gen_performance.verdict``).
+_VERDICT = re.compile(r"<!--verdict:([a-z0-9_]+):([A-Za-z0-9_./ \-]+):(ge|le):([0-9.]+)-->")
 
 
 def _results_in_prose(markdown: str, src_uri: str) -> str:
@@ -115,7 +118,13 @@ def _results_in_prose(markdown: str, src_uri: str) -> str:
             return f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:.0f}"
         return str(value)
 
-    return _RESULT.sub(replace, markdown)
+    def judge(match: re.Match[str]) -> str:
+        try:
+            return str(_gen_performance().verdict(*match.groups()))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{src_uri}: no benchmark verdict {match.group(0)} ({exc!r})") from exc
+
+    return _VERDICT.sub(judge, _RESULT.sub(replace, markdown))
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:

@@ -42,3 +42,28 @@ def test_the_docs_quote_benchmark_results() -> None:
 def test_every_quoted_result_exists(page: str, suite: str, path: str) -> None:
     value = _generator().result_value(suite, path)
     assert isinstance(value, int | float | str), (page, suite, path, value)
+
+
+VERDICT = re.compile(r"<!--verdict:([a-z0-9_]+):([A-Za-z0-9_./ \-]+):(ge|le):([0-9.]+)-->")
+VERDICTS = [
+    (page.relative_to(ROOT).as_posix(), *match.groups())
+    for page in PAGES
+    for match in VERDICT.finditer(page.read_text(encoding="utf-8"))
+]
+
+
+def test_no_target_is_declared_met_by_hand() -> None:
+    """Whether a target is met comes from the results, not from the page's text."""
+    performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert len(VERDICTS) >= 8
+    assert ": met" not in performance and "not met**" not in performance
+
+
+@pytest.mark.parametrize(("page", "suite", "path", "op", "target"), VERDICTS)
+def test_every_verdict_follows_its_result(
+    page: str, suite: str, path: str, op: str, target: str
+) -> None:
+    generator = _generator()
+    value = float(generator.result_value(suite, path))
+    expected = value >= float(target) if op == "ge" else value <= float(target)
+    assert generator.verdict(suite, path, op, target) == ("met" if expected else "**not met**")
