@@ -49,6 +49,7 @@ def alternate(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, lis
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             gc.collect()
+            settle_page_cache()
             start = time.perf_counter()
             cases[name]()
             times[name].append(time.perf_counter() - start)
