@@ -665,3 +665,57 @@ def test_the_cli_dask_options_exclude_each_other(tmp_path: Path) -> None:
         main([*argv, "--dask-scheduler", "tcp://127.0.0.1:9"])
     assert exit_info.value.code == 2
     assert not (tmp_path / "out").exists()
+
+
+HOLD_FIRST = '''
+import os, time
+
+def hold_first(ds):
+    """Item 1 waits until item 2 (same name, other partition) is published."""
+    if ds.InstanceNumber == 1:
+        target = os.path.join({out!r}, ds.SOPInstanceUID + ".dcm")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(target) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return ds
+'''
+
+
+def test_the_cli_reports_a_clash_across_partitions_once_per_item(
+    tmp_path: Path,
+    cluster: LocalCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Settling a clash between partitions changes two results at the end: the
+    report still has one line per item (the final one), and the loser's failure
+    is printed once; the first in source order holds the name."""
+    import functools
+    import json
+
+    from aiodicom.cli import main
+
+    paths = clash_sources(tmp_path / "in")
+    out = tmp_path / "out"
+    rules = tmp_path / "rules.py"
+    rules.write_text(HOLD_FIRST.format(out=str(out)), encoding="utf-8")
+    monkeypatch.setattr(
+        aiodask, "run_on_dask", functools.partial(aiodask.run_on_dask, partition_size=1)
+    )
+    report = tmp_path / "report.jsonl"
+    argv = ["export", str(tmp_path / "in"), str(out), "-t", "{SOPInstanceUID}.dcm"]
+    argv += ["--transform", f"{rules}:hold_first"]
+
+    status = main([*argv, "--dask-scheduler", cluster.scheduler_address, "--report", str(report)])
+
+    lines = [json.loads(line) for line in report.read_text(encoding="utf-8").splitlines()]
+    items = [line for line in lines if "source" in line]
+    assert sorted(item["source"] for item in items) == sorted(map(str, paths))
+    by_source = {item["source"]: item for item in items}
+    assert by_source[str(paths[0])]["status"] == "written"
+    assert by_source[str(paths[1])]["status"] == "failed"
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.count("FAILED") == 1
+    assert str(paths[1]) in err
+    assert published(out)[f"{CLASHING_UID}.dcm"] == pydicom_bytes(paths[0])

@@ -26,7 +26,14 @@ from .._errors import DestinationError, TemplateError, UsageError
 from .._export.destination import Root
 from .._export.naming import Template
 from .._export.options import ExportOptions
-from .._export.report import ExportProgress, ExportReport, JsonLinesReport, Status, Tally
+from .._export.report import (
+    ExportProgress,
+    ExportReport,
+    ItemResult,
+    JsonLinesReport,
+    Status,
+    Tally,
+)
 from .._export.run import run_export, selection_for
 from .._export.sources import count_local
 from ..sinks import is_url
@@ -107,6 +114,26 @@ def _dask_client(address: str | None) -> Iterator[Any]:
         raise UsageError(f"--dask-scheduler {address!r}: cannot reach it: {exc}") from None
     with client:
         yield client
+
+
+def _ship_transform(client: Any, transform: Callable[..., Any] | None) -> None:
+    """Send the module of a ``--transform`` given as a file, or as a top-level
+    module of the current folder, to the Dask workers (``Client.upload_file``):
+    they run elsewhere, where it cannot be imported by name.  A transform from a
+    package, or from an installed module, must be installed on the workers."""
+    if transform is None:
+        return
+    module = sys.modules.get(getattr(transform, "__module__", "") or "")
+    where = getattr(module, "__file__", None)
+    if module is None or where is None or "." in module.__name__:
+        return
+    where = os.path.realpath(where)
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if not where.endswith(".py") or os.path.basename(where) == "__init__.py":
+        return
+    if any(where.startswith(prefix + os.sep) for prefix in installed):
+        return
+    client.upload_file(where)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,24 +267,35 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
 
     quiet = args.quiet
     show: ProgressBar | LogLines | None = None
+    # On Dask a name clash between partitions can change an item's result once all
+    # are back (progress is then called again for it): its lines (report, failures,
+    # plan) come from the final results, at the end, so that each item has one.
+    live = not on_dask
     if not quiet and not args.dry_run:
-        show = (ProgressBar if sys.stderr.isatty() else LogLines)(sys.stderr, verbose=args.verbose)
+        show = (ProgressBar if sys.stderr.isatty() else LogLines)(
+            sys.stderr, verbose=args.verbose, items=live
+        )
     # Every finished item is counted here and streamed to --report as it finishes;
     # only failures stay in memory (a million-item export must not grow with it).
     lines = JsonLinesReport(stream) if stream is not None else None
-    finished = Tally(total, keep_items=False, on_item=lines.item if lines else None)
+    finished = Tally(total, keep_items=not live, on_item=lines.item if lines and live else None)
     # standard output is the report's with --report -: the plan and summary go aside
     out = sys.stderr if stream is sys.stdout else sys.stdout
 
+    def item_output(item: ItemResult) -> None:
+        if show is None and item.status is Status.FAILED:
+            print(failure_line(item), file=sys.stderr)
+        elif show is None and args.dry_run:
+            print(item_line(item), file=out, flush=True)  # the plan, also with --quiet
+
     def on_progress(progress: ExportProgress) -> None:
+        if progress.done <= finished.done:  # a result changed at the end (Dask)
+            return
         finished.add(progress.item)
-        item = progress.item
         if show is not None:
             show.update(progress)  # failures as they happen, above the bar
-        elif item.status is Status.FAILED:
-            print(failure_line(item), file=sys.stderr)
-        elif args.dry_run:
-            print(item_line(item), file=out, flush=True)  # the plan, also with --quiet
+        if live:
+            item_output(progress.item)
 
     terminated = False
     stopped: DestinationError | None = None
@@ -297,6 +335,7 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
         from ..dask import run_on_dask
 
         with _dask_client(args.dask_scheduler) as client:
+            _ship_transform(client, transform)
             return run_on_dask(sources, destination, options, client=client, progress=on_progress)
 
     interrupted = False
@@ -319,6 +358,15 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
     else:
         report = outcome
 
+    if not live:  # one line per item, from the final results
+        for item in report.items if outcome is not None else finished.items:
+            if lines is not None:
+                lines.item(item)
+            if show is not None:  # the bar is closed: plain lines below it
+                if item.status is Status.FAILED or args.verbose:
+                    print(item_line(item), file=sys.stderr)
+            else:
+                item_output(item)
     if stopped is not None:
         print(f"aiodicom {args.command}: {stopped}", file=sys.stderr)
     if lines is not None and stream is not None:

@@ -86,17 +86,19 @@ def _error_text(item: ItemResult) -> str:
 
 
 class ProgressBar:
-    """A one-line bar redrawn in place (at most ten times a second) on `stream`."""
+    """A one-line bar redrawn in place (at most ten times a second) on `stream`;
+    failures (every item, when verbose) above it, unless `items` is false."""
 
-    def __init__(self, stream: TextIO, *, verbose: bool = False) -> None:
+    def __init__(self, stream: TextIO, *, verbose: bool = False, items: bool = True) -> None:
         self._stream = stream
         self._verbose = verbose
+        self._items = items
         self._last: ExportProgress | None = None
         self._drawn_at = 0.0
 
     def update(self, progress: ExportProgress) -> None:
         self._last = progress
-        if progress.item.status is Status.FAILED or self._verbose:
+        if self._items and (progress.item.status is Status.FAILED or self._verbose):
             self._message(item_line(progress.item))
         now = time.monotonic()
         if now - self._drawn_at >= _REDRAW_EVERY or progress.done == progress.total:
@@ -129,18 +131,20 @@ class ProgressBar:
 
 
 class LogLines:
-    """Plain lines for logs and pipes: failures at once, a status line every few seconds."""
+    """Plain lines for logs and pipes: failures at once (unless `items` is false),
+    a status line every few seconds."""
 
-    def __init__(self, stream: TextIO, *, verbose: bool = False) -> None:
+    def __init__(self, stream: TextIO, *, verbose: bool = False, items: bool = True) -> None:
         self._stream = stream
         self._verbose = verbose
+        self._items = items
         self._last: ExportProgress | None = None
         self._logged_at = time.monotonic()
 
     def update(self, progress: ExportProgress) -> None:
         self._last = progress
         item = progress.item
-        if item.status is Status.FAILED or self._verbose:
+        if self._items and (item.status is Status.FAILED or self._verbose):
             self._write(item_line(item))
         now = time.monotonic()
         if now - self._logged_at >= _LOG_EVERY:
