@@ -9,7 +9,10 @@ written as files to a source folder.  Each method then reads every file with
 * ``pydicom-processes``: the same function in a ``ProcessPoolExecutor(cpu_count)``
   (local folder only);
 * ``aiodicom-cli``: ``aiodicom export SRC DST --template {SOPInstanceUID}.dcm -q``
-  with its defaults (worker processes are chosen by itself).
+  with its defaults (worker processes are chosen by itself);
+* ``aiodicom-one-by-one`` (local folder only): the same with ``--workers 1
+  --concurrency 1``, one process, one item at a time: its per-item overhead
+  against the sequential loop.
 
 Destinations: a local folder, and a bucket on a local S3 server (SeaweedFS when
 ``tests/servers.py install`` has installed it, moto otherwise; the pydicom
@@ -52,7 +55,14 @@ if str(ROOT) not in sys.path:
 from benchmarks._harness import rss, save_result, settle_page_cache  # noqa: E402
 
 MiB = 1024 * 1024
-LOCAL_METHODS = ("pydicom-loop", "pydicom-threads16", "pydicom-processes", "aiodicom-cli")
+LOCAL_METHODS = (
+    "pydicom-loop",
+    "pydicom-threads16",
+    "pydicom-processes",
+    "aiodicom-cli",
+    "aiodicom-one-by-one",
+)
+OURS = ("aiodicom-cli", "aiodicom-one-by-one")
 S3_METHODS = ("pydicom-loop", "pydicom-threads16", "aiodicom-cli")
 METHODS = LOCAL_METHODS
 BASELINES = ("pydicom-loop", "pydicom-threads16", "pydicom-processes")
@@ -162,7 +172,7 @@ def child(args: argparse.Namespace) -> None:
 
     options = json.loads(args.storage_options) if args.storage_options else None
     sources = sorted(str(p) for p in Path(args.src).iterdir())
-    if args.method != "aiodicom-cli":
+    if args.method not in OURS:
         one = _pydicom_s3(args.dst, options) if options else _pydicom_local(args.dst)
     else:
         # imports are not timed, for any method (the baselines' pydicom and s3fs
@@ -185,6 +195,8 @@ def child(args: argparse.Namespace) -> None:
             list(pool.map(one, sources, chunksize=8))
     else:
         argv = ["export", args.src, args.dst, "--template", TEMPLATE, "-q"]
+        if args.method == "aiodicom-one-by-one":
+            argv += ["--workers", "1", "--concurrency", "1"]
         for key, value in _flatten(options or {}):
             argv += ["--storage-option", f"{key}={value}"]
         status = cli(argv)
@@ -331,6 +343,11 @@ def _suite(
         "vs_loop": round(out["pydicom-loop"]["seconds"] / ours, 2),
         "vs_threads16": round(out["pydicom-threads16"]["seconds"] / ours, 2),
     }
+    if "aiodicom-one-by-one" in out:
+        # one process, one item at a time: its time per item against the loop's
+        out["ratios"]["one_by_one_time_vs_loop"] = round(
+            out["aiodicom-one-by-one"]["seconds"] / out["pydicom-loop"]["seconds"], 2
+        )
     return out
 
 
