@@ -25,6 +25,7 @@ from ..sinks import (
     resolve,
 )
 from ..sinks.dicomweb import SCHEMES as DICOMWEB_SCHEMES
+from ..sinks.fsspec import AsyncObjectFile
 from ..sinks.local import TEMP_SUFFIX, remove_stale_temporary_files
 from .report import describe_error
 from .sources import in_process_memory
@@ -54,6 +55,7 @@ class Root:
     _fs: Any = field(default=None, repr=False)
     _swept: set[str] = field(default_factory=set, repr=False, compare=False)
     _real_root: str | None = field(default=None, repr=False, compare=False)
+    _objects: bool | None = field(default=None, repr=False, compare=False)
     factory: Callable[[str], Any] | None = field(default=None, repr=False)
 
     @classmethod
@@ -251,6 +253,13 @@ class Root:
             fs.rm_file(destination)
         return True
 
+    def open_filesystem(self) -> None:
+        """Create the filesystem of a URL root now (blocking: in a worker thread),
+        so that its sinks need not (an object store's are then awaited in the
+        event loop); nothing for other roots."""
+        if not self.is_local and self.factory is None and not self.is_dicomweb:
+            self._filesystem()
+
     def _filesystem(self) -> Any:
         if self._fs is None:
             from fsspec.core import url_to_fs
@@ -267,9 +276,16 @@ class Root:
         elif self.is_local:
             inner = resolve(destination, checksum=checksum)
         else:
-            inner = FsspecFile.from_url(
-                destination, self.storage_options, checksum=checksum, **self.upload_options
-            )
+            # an object store whose filesystem exists (see open_filesystem): its
+            # uploads are awaited in the event loop, not in worker threads
+            options = {"checksum": checksum, **self.upload_options}
+            fast = None
+            if self._fs is not None and self._objects is not False:
+                fast = AsyncObjectFile.for_url(
+                    destination, self._fs, self.storage_options, **options
+                )
+                self._objects = fast is not None
+            inner = fast or FsspecFile.from_url(destination, self.storage_options, **options)
         if isinstance(inner, Sink):
             return CountingSink(inner)
         return CountingAsyncSink(inner)
@@ -374,6 +390,7 @@ def _declare_capabilities(wrapper: Any, inner: Any) -> None:
         wrapper.check = checked
     wrapper.retries = able.retries
     wrapper.inline_write_limit = able.inline_write_limit
+    wrapper.encode_ahead = able.encode_ahead
     if able.declares_checksum:
         wrapper.checksum = able.checksum
 

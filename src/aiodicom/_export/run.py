@@ -340,6 +340,7 @@ async def run_export(
         return await run_in_processes(
             sources, root, options, workers=workers, progress=progress, tally=tally
         )
+    await anyio.to_thread.run_sync(root.open_filesystem)
     run = Run(root, options, progress, tally, NameGate(names) if names is not None else None)
     run.positions = positions
     send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
