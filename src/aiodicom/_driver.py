@@ -55,6 +55,7 @@ from ._core import Chunk, EncodePlan, is_light, prepare
 from ._errors import RetryableError
 from ._retry import RetryPolicy
 from .sinks import AsyncSink, Capabilities, Sink, Writer, capabilities, resolve
+from .sinks._protocol import is_sink
 
 __all__ = ["WriteResult", "dcmwrite"]
 
@@ -242,7 +243,7 @@ async def dcmwrite(
                 read_deferred=read_deferred,
             )
 
-        if isinstance(sink, Sink):
+        if is_sink(sink):
             written = await _retrying(
                 able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, able, algorithm)
             )

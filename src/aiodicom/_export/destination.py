@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._checksum import Checksum
 from .._errors import ChecksumMismatchError, DestinationError, NamingError
@@ -24,8 +24,9 @@ from ..sinks import (
     is_url,
     resolve,
 )
+from ..sinks._protocol import is_sink
 from ..sinks.dicomweb import SCHEMES as DICOMWEB_SCHEMES
-from ..sinks.fsspec import AsyncObjectFile
+from ..sinks.fsspec import AsyncObjectFile, is_object_store
 from ..sinks.local import TEMP_SUFFIX, remove_stale_temporary_files
 from .report import describe_error
 from .sources import in_process_memory
@@ -258,7 +259,13 @@ class Root:
         so that its sinks need not (an object store's are then awaited in the
         event loop); nothing for other roots."""
         if not self.is_local and self.factory is None and not self.is_dicomweb:
-            self._filesystem()
+            self._objects = is_object_store(self._filesystem())
+
+    @property
+    def awaits_uploads(self) -> bool:
+        """Whether this root's sinks are object-store uploads awaited in the event
+        loop (after :meth:`open_filesystem`)."""
+        return bool(self._objects)
 
     def _filesystem(self) -> Any:
         if self._fs is None:
@@ -280,15 +287,14 @@ class Root:
             # uploads are awaited in the event loop, not in worker threads
             options = {"checksum": checksum, **self.upload_options}
             fast = None
-            if self._fs is not None and self._objects is not False:
+            if self._objects:
                 fast = AsyncObjectFile.for_url(
                     destination, self._fs, self.storage_options, **options
                 )
-                self._objects = fast is not None
             inner = fast or FsspecFile.from_url(destination, self.storage_options, **options)
-        if isinstance(inner, Sink):
+        if is_sink(inner):
             return CountingSink(inner)
-        return CountingAsyncSink(inner)
+        return CountingAsyncSink(cast(AsyncSink, inner))
 
     def verify(self, destination: str, expected: Checksum) -> str:
         """Read back what is stored at `destination` (blocking) and compare its

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 from .._checksum import normalize_algorithm
 from .._core.rules import Chunk
@@ -171,6 +171,17 @@ def capabilities(sink: Any) -> Capabilities:
     )
 
 
+def is_sink(obj: Any) -> TypeGuard[Sink]:
+    """``isinstance(obj, Sink)``, without the cost of a protocol check (it walks
+    the protocol's classes on every call; this is called for every write)."""
+    return getattr(obj, "open", None) is not None
+
+
+def is_async_sink(obj: Any) -> TypeGuard[AsyncSink]:
+    """``isinstance(obj, AsyncSink)``, as :func:`is_sink`."""
+    return getattr(obj, "open_async", None) is not None
+
+
 def _async_only(sink: Any) -> bool:
     """Whether `sink` is an :class:`AsyncSink` and not a :class:`Sink`."""
-    return isinstance(sink, AsyncSink) and not isinstance(sink, Sink)
+    return is_async_sink(sink) and not is_sink(sink)

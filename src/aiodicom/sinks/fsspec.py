@@ -303,6 +303,11 @@ _STORES: Final = (
 )
 
 
+def is_object_store(fs: Any) -> bool:
+    """Whether `fs` is S3, GCS or Azure Blob (written through ``_stores``)."""
+    return any(_is_instance(fs, module, cls) for module, cls, _, _ in _STORES)
+
+
 def _object_store(fs: Any, path: str, url: str, options: Options) -> Store | None:
     import importlib
 
