@@ -4,6 +4,9 @@ One :class:`PartWriter` drives any object store through a small :class:`Store`
 adapter (``_s3``, ``_gcs``, ``_azure``).  The writer is called from one worker
 thread; the store's coroutines run on the fsspec filesystem's own event loop
 (``fs.loop``), so this works the same under asyncio and trio.
+:class:`AsyncPartWriter` is the same writer awaited from an event loop (bulk
+export): an object sent in one request costs one trip to ``fs.loop`` and back,
+and no worker thread.
 
 * Chunks are copied into a part buffer of ``part_size`` bytes.  A full part is
   handed to the loop for upload and a new buffer is started, so encoding goes on
@@ -40,6 +43,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol, TypeVar
@@ -47,6 +52,7 @@ from typing import Any, Final, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 import sniffio
+from anyio.lowlevel import RunVar
 
 from ..._checksum import Algorithm, Checksum
 from ..._core.rules import Chunk
@@ -464,7 +470,7 @@ class AsyncPartWriter:
         chunks, self._chunks = self._chunks, []
         data = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
         put = writer.put_coroutine(data)
-        future = asyncio.run_coroutine_threadsafe(put, writer._store.loop)
+        future = submit(put, writer._store.loop)
         with anyio.CancelScope(shield=True):
             await wait_future(future)
         writer.committed()
@@ -493,13 +499,101 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
     trio, without a worker thread: its completion wakes this loop."""
     if not future.done():
         done = anyio.Event()
+        inbox = _inbox()
+        future.add_done_callback(lambda _: inbox.post(done))
+        await done.wait()
+    return future.result()
+
+
+class _Wakes:
+    """Calls handed to an event loop from other threads, with one wake-up for all
+    those that arrive before the loop runs them.
+
+    Waking a loop from another thread writes to its self-pipe, which releases the
+    GIL: under load the writer then waits for it behind every other thread, once
+    per call.  Here a call that finds a wake-up already on its way only joins the
+    list.
+    """
+
+    def __init__(self, wake: Callable[[Callable[[], None]], object]) -> None:
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._calls: list[Callable[[], None]] = []
+
+    def call(self, function: Callable[[], None]) -> None:
+        """Have the loop call `function` (from any thread)."""
+        with self._lock:
+            self._calls.append(function)
+            if len(self._calls) > 1:
+                return  # the wake-up for the first one runs this one too
+        self._wake(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for function in calls:
+            function()
+
+
+class _Inbox:
+    """Sets events of one export loop (asyncio or trio) from other threads."""
+
+    def __init__(self) -> None:
         if sniffio.current_async_library() == "trio":
             import trio
 
-            token = trio.lowlevel.current_trio_token()
-            future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+            self._wakes = _Wakes(trio.lowlevel.current_trio_token().run_sync_soon)
         else:
-            loop = asyncio.get_running_loop()
-            future.add_done_callback(lambda _: loop.call_soon_threadsafe(done.set))
-        await done.wait()
-    return future.result()
+            self._wakes = _Wakes(asyncio.get_running_loop().call_soon_threadsafe)
+
+    def post(self, event: anyio.Event) -> None:
+        self._wakes.call(event.set)
+
+
+_INBOX: RunVar[_Inbox] = RunVar("aiodicom_upload_inbox")
+
+
+def _inbox() -> _Inbox:
+    try:
+        return _INBOX.get()
+    except LookupError:
+        inbox = _Inbox()
+        _INBOX.set(inbox)
+        return inbox
+
+
+_OUTBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakes] = (
+    weakref.WeakKeyDictionary()
+)
+_OUTBOXES_LOCK = threading.Lock()
+
+
+def submit(
+    coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+) -> concurrent.futures.Future[T]:
+    """``asyncio.run_coroutine_threadsafe(coro, loop)``, with one wake-up of
+    `loop` for all the coroutines submitted before it runs them."""
+    with _OUTBOXES_LOCK:
+        wakes = _OUTBOXES.get(loop)
+        if wakes is None:
+            wakes = _OUTBOXES[loop] = _Wakes(loop.call_soon_threadsafe)
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def start() -> None:
+        if not future.set_running_or_notify_cancel():
+            coro.close()
+            return
+        task = loop.create_task(coro)
+
+        def done(task: asyncio.Task[T]) -> None:
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())
+            else:
+                future.set_result(task.result())
+
+        task.add_done_callback(done)
+
+    wakes.call(start)
+    return future
