@@ -28,7 +28,9 @@ median of the rounds and each method's ratio to the fastest hand-written method
 and to the sequential loop (>1: aiodicom faster).
 
 Run: ``python -m benchmarks export`` (``--count 200 --rounds 1`` for a quick run,
-``--no-s3`` for the local folder only).  Writes ``benchmarks/results/export.json``.
+``--no-s3`` for the local folder only, ``--only s3`` or ``--only local`` for one
+part of the table without the large and many-items cases).  Writes
+``benchmarks/results/export.json`` (a partial run: a file in the temporary folder).
 """
 
 from __future__ import annotations
@@ -251,6 +253,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every method")
     parser.add_argument("--no-s3", action="store_true", help="local folder only")
     parser.add_argument(
+        "--only",
+        choices=["local", "s3"],
+        default=None,
+        help="run only this part of the table (no large or many-items case either)",
+    )
+    parser.add_argument(
         "--s3-server", choices=["seaweedfs", "moto"], default=None, help="default: seaweedfs"
     )
     parser.add_argument("--workdir", default=None, help="where the files go (default: temp)")
@@ -272,9 +280,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "count": args.count,
             "source_mib": round(total / MiB, 1),
             "cores": len(os.sched_getaffinity(0)),
-            "local": _suite(args, src, total, work, None, LOCAL_METHODS),
         }
-        if not args.no_s3:
+        if args.only in (None, "local"):
+            results["local"] = _suite(args, src, total, work, None, LOCAL_METHODS)
+        if not args.no_s3 and args.only in (None, "s3"):
             from tests import servers
 
             server = args.s3_server or (
@@ -286,9 +295,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["s3"] = _suite(args, src, total, work, options, S3_METHODS)
                 results["s3"]["server"] = server
         shutil.rmtree(src)
-        if args.large_mib:
+        if args.large_mib and args.only is None:
             results["large"] = _large(args, work)
-        if args.many:
+        if args.many and args.only is None:
             results["many"] = _many(args, work)
         _print_table(results)
         return results
@@ -614,8 +623,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.many_child:
         _many_child(args)
         return 0
-    print(f"-> {save_result('export', args, run(args))}")
+    print(f"-> {save(args, run(args))}")
     return 0
+
+
+def save(args: argparse.Namespace, results: dict[str, Any]) -> Path:
+    """Write the results: ``benchmarks/results/export.json`` for a full run; a
+    partial one (``--only``) goes to the temporary folder, never in place of the
+    full results (nor into the chart)."""
+    if getattr(args, "only", None) is None:
+        return save_result("export", args, results)
+    partial = Path(tempfile.gettempdir()) / f"aiodicom-bench-export-{args.only}.json"
+    partial.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    return partial
 
 
 if __name__ == "__main__":

@@ -612,6 +612,49 @@ async def test_every_pydicom_test_file_exports_to_s3_like_pydicom(
 
 
 @pytest.mark.anyio
+async def test_cancelling_an_s3_export_of_single_request_objects_reports_each_one_stored(
+    s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    """Objects sent in one request, awaited in the event loop: a cancellation
+    leaves only complete objects, and every one of them was reported written."""
+    import s3fs
+
+    items = []
+    for number in range(24):
+        ds = datasets.multiframe(512 * 1024)
+        ds.SOPInstanceUID = f"1.2.3.{number}"
+        items.append(ds)
+    written: set[str] = set()
+
+    with anyio.CancelScope() as scope:
+
+        def on_progress(progress: ExportProgress) -> None:
+            if progress.item.status is Status.WRITTEN:
+                assert progress.item.destination is not None
+                written.add(progress.item.destination)
+            scope.cancel()
+
+        await export(
+            items,
+            s3_bucket,
+            concurrency=8,
+            progress=on_progress,
+            template="{SOPInstanceUID}.dcm",
+            storage_options=s3_storage_options,
+            exist_ok=False,
+        )
+    assert scope.cancelled_caught
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.invalidate_cache()
+    stored = {f"s3://{key}" for key in fs.find(s3_bucket)}
+    assert 1 <= len(stored) < len(items)
+    assert stored == written
+    for key in stored:
+        number = int(key.rsplit(".", 2)[-2])
+        assert fs.cat_file(key) == pydicom_bytes(items[number])
+
+
+@pytest.mark.anyio
 async def test_cancelling_an_s3_export_leaves_no_partial_objects(
     s3_bucket: str, s3_storage_options: dict[str, Any]
 ) -> None:

@@ -408,3 +408,40 @@ async def test_local_failure_and_cancel_leave_nothing(local: Local, previous: bo
     assert scope.cancelled_caught
     assert local.read("a.dcm") == (pydicom_bytes(old) if previous else None)
     assert local.listing() == before
+
+
+@pytest.mark.anyio
+async def test_uploads_submitted_from_many_threads_all_finish_with_their_own_outcome() -> None:
+    """The object-store writer's hand-off between loops: coroutines submitted to
+    another thread's loop from many threads at once (one wake-up serving several)
+    each finish with their own result or exception, and waiting for them wakes
+    this loop (asyncio or trio)."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aiodicom.sinks._stores._uploader import submit, wait_future
+
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+
+        async def square(number: int) -> int:
+            await asyncio.sleep(0)
+            if number % 7 == 3:
+                raise ValueError(number)
+            return number * number
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = list(pool.map(lambda n: submit(square(n), loop), range(200)))
+        for number, future in enumerate(futures):
+            if number % 7 == 3:
+                with pytest.raises(ValueError, match=str(number)):
+                    await wait_future(future)
+            else:
+                assert await wait_future(future) == number * number
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
+        loop.close()

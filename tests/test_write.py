@@ -15,6 +15,7 @@ from typing import Any
 import aiofiles
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -398,3 +399,84 @@ def iter_chunks(ds: Dataset) -> Iterator[Chunk]:
 def test_core_chunks_concatenate_to_pydicoms_bytes() -> None:
     ds = random_image(3 * 1024 * 1024 + 17)
     assert b"".join(bytes(c) for c in iter_chunks(ds)) == pydicom_bytes(ds)
+
+
+class _EncodeAheadSink:
+    """An async sink that opts into ``encode_ahead`` and keeps what it is given."""
+
+    encode_ahead = True
+
+    def __init__(self) -> None:
+        self.committed: bytes | None = None
+
+    async def open_async(self, *, exist_ok: bool) -> _KeepingWriter:
+        return _KeepingWriter(self)
+
+
+class _KeepingWriter:
+    def __init__(self, sink: _EncodeAheadSink) -> None:
+        self.sink = sink
+        self.chunks: list[bytes] = []
+
+    async def write(self, chunk: Chunk, /) -> None:
+        self.chunks.append(bytes(chunk))
+        await anyio.lowlevel.checkpoint()
+
+    async def commit(self) -> None:
+        self.sink.committed = b"".join(self.chunks)
+
+    async def abort(self) -> None:
+        self.chunks = []
+
+
+class _PlainAsyncSink(_EncodeAheadSink):
+    encode_ahead = False
+
+
+def test_encode_ahead_defaults_to_false_for_async_sinks_only() -> None:
+    from aiodicom.sinks import capabilities
+
+    class Declares:
+        async def open_async(self, *, exist_ok: bool) -> Any: ...
+
+    class Sync:
+        def open(self, *, exist_ok: bool) -> Any: ...
+
+    assert capabilities(Declares()).encode_ahead is False
+    assert capabilities(Sync()).encode_ahead is True
+    assert capabilities(_EncodeAheadSink()).encode_ahead is True
+
+
+def test_export_wrappers_keep_the_sinks_encode_ahead() -> None:
+    from aiodicom._export.destination import CountingAsyncSink, CountingSink
+    from aiodicom.sinks import FileObject, capabilities
+
+    assert capabilities(CountingAsyncSink(_EncodeAheadSink())).encode_ahead is True
+    assert capabilities(CountingAsyncSink(_PlainAsyncSink())).encode_ahead is False
+    assert capabilities(CountingSink(FileObject(io.BytesIO()))).encode_ahead is False
+
+
+@pytest.mark.parametrize("sink_class", [_EncodeAheadSink, _PlainAsyncSink])
+@pytest.mark.parametrize("kind", ["light", "deflated"])
+async def test_async_sink_with_or_without_encode_ahead_gets_pydicoms_bytes(
+    sink_class: type[_EncodeAheadSink], kind: str
+) -> None:
+    from aiodicom._core import is_light
+    from tests.datasets import deflated, multiframe
+
+    ds = multiframe(2 * 1024 * 1024) if kind == "light" else deflated(64)
+    assert is_light(ds) is (kind == "light")
+    sink = sink_class()
+    result = await aiodicom.dcmwrite(sink, ds)
+    assert sink.committed == pydicom_bytes(ds)
+    assert result.bytes == len(sink.committed)
+    assert result.checksum is not None
+    assert result.checksum.b64 == _crc32c_b64(sink.committed)
+
+
+def _crc32c_b64(data: bytes) -> str:
+    from aiodicom import Checksum
+
+    checksum = Checksum("crc32c")
+    checksum.update(data)
+    return checksum.b64

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
-from contextlib import asynccontextmanager, closing, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
@@ -55,6 +55,7 @@ from ._core import Chunk, EncodePlan, is_light, prepare
 from ._errors import RetryableError
 from ._retry import RetryPolicy
 from .sinks import AsyncSink, Capabilities, Sink, Writer, capabilities, resolve
+from .sinks._protocol import is_sink
 
 __all__ = ["WriteResult", "dcmwrite"]
 
@@ -242,14 +243,16 @@ async def dcmwrite(
                 read_deferred=read_deferred,
             )
 
-        if isinstance(sink, Sink):
+        if is_sink(sink):
             written = await _retrying(
                 able.retries, lambda: _to_sink(sink, dataset, plan, exist_ok, able, algorithm)
             )
         else:
             written = await _retrying(
                 able.retries,
-                lambda: _to_async_sink(cast(AsyncSink, sink), plan, exist_ok, algorithm),
+                lambda: _to_async_sink(
+                    cast(AsyncSink, sink), dataset, plan, exist_ok, able, algorithm
+                ),
             )
     return WriteResult(_describe(sink), *written)
 
@@ -412,11 +415,31 @@ async def _finish_in_thread(
 
 
 async def _to_async_sink(
-    sink: AsyncSink, plan: Callable[[], EncodePlan], exist_ok: bool, algorithm: str | None
+    sink: AsyncSink,
+    dataset: Dataset,
+    plan: Callable[[], EncodePlan],
+    exist_ok: bool,
+    able: Capabilities,
+    algorithm: str | None,
 ) -> _Written:
-    """One attempt at a write to an asynchronous sink."""
-    encoded = await anyio.to_thread.run_sync(plan)
-    return await _write_async(sink, encoded, exist_ok, algorithm)
+    """One attempt at a write to an asynchronous sink.
+
+    Encoded chunk by chunk in worker threads, one chunk ahead of the sink's
+    ``write``; except that a light dataset, for a sink that declares
+    ``encode_ahead``, is encoded at once (in the event loop, or in one worker
+    thread within :func:`encode_in_threads`) and its chunks are written without
+    a thread hop each.
+    """
+    if not (able.encode_ahead and is_light(dataset)):
+        encoded = await anyio.to_thread.run_sync(plan)
+        return await _write_async(sink, encoded.chunks(), exist_ok, algorithm, in_thread=True)
+    if _ENCODE_INLINE.get():
+        async with _inline_lock():
+            await anyio.lowlevel.checkpoint_if_cancelled()  # see _to_sink
+            chunks = list(plan().chunks())
+    else:
+        chunks = await anyio.to_thread.run_sync(lambda: list(plan().chunks()))
+    return await _write_async(sink, iter(chunks), exist_ok, algorithm, in_thread=False)
 
 
 async def _retrying(retries: int, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -669,28 +692,37 @@ _DONE: Final = object()
 
 
 async def _write_async(
-    sink: AsyncSink, encoded: EncodePlan, exist_ok: bool, algorithm: str | None
+    sink: AsyncSink,
+    chunks: Iterator[Chunk],
+    exist_ok: bool,
+    algorithm: str | None,
+    *,
+    in_thread: bool,
 ) -> _Written:
+    """Open `sink`, write `chunks` (pulled in worker threads if `in_thread`:
+    they are encoded as they are pulled), commit; abort on any error."""
     writer = await sink.open_async(exist_ok=exist_ok)
-    chunks: Generator[Chunk, None, None] = encoded.chunks()
     own = _own_checksum(writer, algorithm)
     size = 0
 
     def pull() -> object:
-        """The next chunk, checksummed here in the worker thread."""
+        """The next chunk, checksummed here (in the worker thread)."""
         chunk = next(chunks, _DONE)
         if own is not None and chunk is not _DONE:
             own.update(cast(Chunk, chunk))
         return chunk
 
     try:
-        with closing(chunks):
+        try:
             while True:
-                chunk = await anyio.to_thread.run_sync(pull)
+                chunk = await anyio.to_thread.run_sync(pull) if in_thread else pull()
                 if chunk is _DONE:
                     break
                 await writer.write(cast(Chunk, chunk))
                 size += memoryview(cast(Chunk, chunk)).nbytes
+        finally:
+            if isinstance(chunks, Generator):
+                chunks.close()
         await writer.commit()
     except BaseException:
         with anyio.CancelScope(shield=True):

@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._checksum import Checksum
 from .._errors import ChecksumMismatchError, DestinationError, NamingError
@@ -24,7 +24,9 @@ from ..sinks import (
     is_url,
     resolve,
 )
+from ..sinks._protocol import is_sink
 from ..sinks.dicomweb import SCHEMES as DICOMWEB_SCHEMES
+from ..sinks.fsspec import AsyncObjectFile, is_object_store
 from ..sinks.local import TEMP_SUFFIX, remove_stale_temporary_files
 from .report import describe_error
 from .sources import in_process_memory
@@ -54,6 +56,7 @@ class Root:
     _fs: Any = field(default=None, repr=False)
     _swept: set[str] = field(default_factory=set, repr=False, compare=False)
     _real_root: str | None = field(default=None, repr=False, compare=False)
+    _objects: bool | None = field(default=None, repr=False, compare=False)
     factory: Callable[[str], Any] | None = field(default=None, repr=False)
 
     @classmethod
@@ -251,6 +254,19 @@ class Root:
             fs.rm_file(destination)
         return True
 
+    def open_filesystem(self) -> None:
+        """Create the filesystem of a URL root now (blocking: in a worker thread),
+        so that its sinks need not (an object store's are then awaited in the
+        event loop); nothing for other roots."""
+        if not self.is_local and self.factory is None and not self.is_dicomweb:
+            self._objects = is_object_store(self._filesystem())
+
+    @property
+    def awaits_uploads(self) -> bool:
+        """Whether this root's sinks are object-store uploads awaited in the event
+        loop (after :meth:`open_filesystem`)."""
+        return bool(self._objects)
+
     def _filesystem(self) -> Any:
         if self._fs is None:
             from fsspec.core import url_to_fs
@@ -267,12 +283,18 @@ class Root:
         elif self.is_local:
             inner = resolve(destination, checksum=checksum)
         else:
-            inner = FsspecFile.from_url(
-                destination, self.storage_options, checksum=checksum, **self.upload_options
-            )
-        if isinstance(inner, Sink):
+            # an object store whose filesystem exists (see open_filesystem): its
+            # uploads are awaited in the event loop, not in worker threads
+            options = {"checksum": checksum, **self.upload_options}
+            fast = None
+            if self._objects:
+                fast = AsyncObjectFile.for_url(
+                    destination, self._fs, self.storage_options, **options
+                )
+            inner = fast or FsspecFile.from_url(destination, self.storage_options, **options)
+        if is_sink(inner):
             return CountingSink(inner)
-        return CountingAsyncSink(inner)
+        return CountingAsyncSink(cast(AsyncSink, inner))
 
     def verify(self, destination: str, expected: Checksum) -> str:
         """Read back what is stored at `destination` (blocking) and compare its
@@ -374,6 +396,7 @@ def _declare_capabilities(wrapper: Any, inner: Any) -> None:
         wrapper.check = checked
     wrapper.retries = able.retries
     wrapper.inline_write_limit = able.inline_write_limit
+    wrapper.encode_ahead = able.encode_ahead
     if able.declares_checksum:
         wrapper.checksum = able.checksum
 

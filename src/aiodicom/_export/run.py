@@ -340,11 +340,15 @@ async def run_export(
         return await run_in_processes(
             sources, root, options, workers=workers, progress=progress, tally=tally
         )
+    await anyio.to_thread.run_sync(root.open_filesystem)
     run = Run(root, options, progress, tally, NameGate(names) if names is not None else None)
     run.positions = positions
     send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
-    # Throughput first: encode in the worker threads, as a thread pool would.
-    with encode_in_threads(), stream_deferred_values():
+    # Throughput first: encode in the worker threads, as a thread pool would; but
+    # objects whose one request is awaited in the loop are encoded right there (a
+    # thread hop per item costs more than the encoding)
+    encoding = contextlib.nullcontext() if root.awaits_uploads else encode_in_threads()
+    with encoding, stream_deferred_values():
         await _run_all(run, sources, options.source_storage_options, selection, send, receive)
     if run.callback_error is not None:
         raise run.callback_error  # itself, not wrapped in an exception group

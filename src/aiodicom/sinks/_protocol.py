@@ -13,7 +13,8 @@ There are two flavours, like httpx's sync and async transports:
   encoder to the sink with no hop through the event loop.  Use this for blocking
   I/O (files, sockets, blocking SDKs, in-memory buffers).
 * :class:`AsyncSink` / :class:`AsyncWriter` are asynchronous and are awaited in the
-  event loop; encoding still happens in a worker thread, with backpressure.
+  event loop; encoding still happens in a worker thread, with backpressure
+  (unless the sink declares ``encode_ahead``, below).
 
 Chunks are ``bytes`` or ``memoryview`` (often slices of the caller's Pixel Data).
 A writer may take ``len()`` of a chunk and write it; if it must keep it beyond the
@@ -44,7 +45,13 @@ so a sink you write can opt into each of them:
     its first chunk (default ``True``).  ``False`` for destinations that may refuse
     the first write (a caller's file object that is closed or read-only): the
     dataset is then encoded only as the chunks are written, so a refused first
-    write leaves it exactly as :func:`pydicom.dcmwrite` leaves it.
+    write leaves it exactly as :func:`pydicom.dcmwrite` leaves it.  For an
+    :class:`AsyncSink` the default is ``False`` (one chunk encoded ahead of each
+    ``write``, in a worker thread: backpressure); ``True`` lets the driver encode a
+    light dataset (values in memory, cheap to encode) at once, in the event loop
+    or in one worker thread, and await the writer's ``write`` for each chunk
+    without a thread hop each (a driver-computed checksum is then computed there
+    too).
 ``checksum``
     The checksum algorithm of this sink's writes (``"crc32c"``, ``"sha256"``,
     ``"md5"`` or ``None``), when the sink decides it; without the attribute,
@@ -54,14 +61,14 @@ A *writer* may have a ``checksum`` attribute: the :class:`~aiodicom.Checksum` it
 computes over exactly the bytes it sends (``None`` if it computes none), complete
 after ``commit``.  Writers without it get theirs computed by the driver, over the
 chunks it hands them, in the same thread (for an async writer: in the encoding
-thread, never in the event loop).
+thread, which is the event loop only for a sink that declares ``encode_ahead``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeGuard, runtime_checkable
 
 from .._checksum import normalize_algorithm
 from .._core.rules import Chunk
@@ -158,7 +165,23 @@ def capabilities(sink: Any) -> Capabilities:
         check=check if callable(check) else None,
         retries=max(0, int(retries or 0)),
         inline_write_limit=max(0, int(limit or 0)),
-        encode_ahead=bool(getattr(sink, "encode_ahead", True)),
+        encode_ahead=bool(getattr(sink, "encode_ahead", not _async_only(sink))),
         declares_checksum=declares,
         checksum=normalize_algorithm(getattr(sink, "checksum", None)) if declares else None,
     )
+
+
+def is_sink(obj: Any) -> TypeGuard[Sink]:
+    """``isinstance(obj, Sink)``, without the cost of a protocol check (it walks
+    the protocol's classes on every call; this is called for every write)."""
+    return getattr(obj, "open", None) is not None
+
+
+def is_async_sink(obj: Any) -> TypeGuard[AsyncSink]:
+    """``isinstance(obj, AsyncSink)``, as :func:`is_sink`."""
+    return getattr(obj, "open_async", None) is not None
+
+
+def _async_only(sink: Any) -> bool:
+    """Whether `sink` is an :class:`AsyncSink` and not a :class:`Sink`."""
+    return is_async_sink(sink) and not is_sink(sink)

@@ -10,7 +10,7 @@ from typing import Any, cast
 from pydicom.filebase import DicomIO
 
 from .._checksum import DEFAULT_ALGORITHM
-from ._protocol import AsyncSink, Sink
+from ._protocol import AsyncSink, Sink, is_async_sink, is_sink
 from .dicomweb import SCHEMES as DICOMWEB_SCHEMES
 from .dicomweb import DicomWeb
 from .fsspec import FsspecFile
@@ -81,7 +81,7 @@ def resolve(
         _no_storage_options(storage_options, destination)
         return FsspecFile(fs, path, checksum=checksum)
     _no_storage_options(storage_options, destination)
-    if isinstance(destination, Sink | AsyncSink) and not hasattr(destination, "write"):
+    if (is_sink(destination) or is_async_sink(destination)) and not hasattr(destination, "write"):
         return destination
     if isinstance(destination, bytearray):
         return Bytearray(destination, checksum=checksum)

@@ -30,9 +30,9 @@ from typing import Any, Final
 from .._checksum import DEFAULT_ALGORITHM, Checksum, normalize_algorithm
 from .._errors import exists_error
 from ._protocol import Chunk, Writer
-from ._stores._uploader import Options, PartWriter, Store, probe
+from ._stores._uploader import AsyncPartWriter, Options, PartWriter, Store, probe
 
-__all__ = ["DEFAULT_PART_SIZE", "FsspecFile"]
+__all__ = ["DEFAULT_PART_SIZE", "AsyncObjectFile", "FsspecFile"]
 
 logger = logging.getLogger("aiodicom")
 
@@ -245,11 +245,67 @@ class FsspecFile:
             fs.rm_file(path)
 
 
+class AsyncObjectFile:
+    """An object on S3, GCS or Azure written from an event loop: an
+    :class:`~aiodicom.sinks.AsyncSink` over an :class:`FsspecFile` whose
+    filesystem exists already (see :meth:`for_url`).
+
+    The same requests, checksums, retries and exclusive create as the
+    :class:`FsspecFile`; only the waiting differs: an object that fits in one
+    part is buffered in the event loop and its one request is awaited there,
+    without a worker thread (see ``_stores._uploader.AsyncPartWriter``).  Bulk
+    export uses it for object-store destinations.
+    """
+
+    encode_ahead = True  # a light dataset is encoded at once (see _protocol)
+
+    def __init__(self, file: FsspecFile, store: Store) -> None:
+        self._file = file
+        self._store: Store | None = store  # the first write's; each open makes its own
+        self.retries = file.retries
+        self.checksum = file.checksum
+
+    @classmethod
+    def for_url(
+        cls, url: str, fs: Any, storage_options: Mapping[str, Any] | None, **kwargs: Any
+    ) -> AsyncObjectFile | None:
+        """The object at `url` on `fs`, the filesystem that ``url_to_fs(url,
+        **storage_options)`` gives (created already: this does no I/O); ``None``
+        if `fs` is not an object store.  `kwargs` as for :class:`FsspecFile`."""
+        file = FsspecFile.from_url(url, storage_options, **kwargs)
+        file._fs = fs
+        fs, path = file.filesystem()
+        store = _object_store(fs, path, url, file.options)
+        return None if store is None else cls(file, store)
+
+    @property
+    def url(self) -> str:
+        """The destination as a URL."""
+        return self._file.url
+
+    def __repr__(self) -> str:
+        return f"AsyncObjectFile({self.url!r})"
+
+    async def open_async(self, *, exist_ok: bool) -> AsyncPartWriter:
+        """Start a write (no I/O: the first request connects)."""
+        store, self._store = self._store, None
+        if store is None:  # a whole-write retry: a fresh upload
+            fs, path = self._file.filesystem()
+            store = _object_store(fs, path, self.url, self._file.options)
+            assert store is not None
+        return AsyncPartWriter(PartWriter(store, self.url, exist_ok, self._file.options))
+
+
 _STORES: Final = (
     ("s3fs", "S3FileSystem", "._stores.s3", "S3Store"),
     ("gcsfs", "GCSFileSystem", "._stores.gcs", "GCSStore"),
     ("adlfs", "AzureBlobFileSystem", "._stores.azure", "AzureStore"),
 )
+
+
+def is_object_store(fs: Any) -> bool:
+    """Whether `fs` is S3, GCS or Azure Blob (written through ``_stores``)."""
+    return any(_is_instance(fs, module, cls) for module, cls, _, _ in _STORES)
 
 
 def _object_store(fs: Any, path: str, url: str, options: Options) -> Store | None:

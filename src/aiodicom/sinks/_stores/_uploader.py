@@ -4,6 +4,9 @@ One :class:`PartWriter` drives any object store through a small :class:`Store`
 adapter (``_s3``, ``_gcs``, ``_azure``).  The writer is called from one worker
 thread; the store's coroutines run on the fsspec filesystem's own event loop
 (``fs.loop``), so this works the same under asyncio and trio.
+:class:`AsyncPartWriter` is the same writer awaited from an event loop (bulk
+export): an object sent in one request costs one trip to ``fs.loop`` and back,
+and no worker thread.
 
 * Chunks are copied into a part buffer of ``part_size`` bytes.  A full part is
   handed to the loop for upload and a new buffer is started, so encoding goes on
@@ -40,16 +43,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol, TypeVar
+
+import anyio
+import anyio.to_thread
+import sniffio
+from anyio.lowlevel import RunVar
 
 from ..._checksum import Algorithm, Checksum
 from ..._core.rules import Chunk
 from ..._errors import ChecksumMismatchError, RetryableError, exists_error
 from ..._retry import RetryPolicy
 
-__all__ = ["Checksums", "Options", "PartWriter", "Store", "StoreBase", "probe"]
+__all__ = [
+    "AsyncPartWriter",
+    "Checksums",
+    "Options",
+    "PartWriter",
+    "Store",
+    "StoreBase",
+    "probe",
+]
 
 Checksums = dict[str, Checksum]
 """Checksums of one part or of the whole object, by algorithm."""
@@ -228,7 +246,9 @@ class PartWriter:
         self._whole: Checksums = {name: Checksum(name) for name in sorted(names)}
         self.checksum: Checksum | None = self._whole[algorithm] if algorithm else None
         """The checksum of the object (the user's algorithm), complete after commit."""
-        self._call(store.prepare)
+        # connecting (``store.prepare``) is done by the first request, in the same
+        # trip to the store's loop: an object sent in one request costs one trip
+        self._prepared = False
 
     # -- Writer protocol (worker thread) ------------------------------------------
 
@@ -243,29 +263,57 @@ class PartWriter:
             view = view[take:]
 
     def commit(self) -> None:
+        if not self._started:  # one request: its checksums are the object's
+            data = bytes(self._buffer)
+            self._buffer = bytearray()
+            self._run(self.put_coroutine(data))
+            self._committed()
+            return
         store, last = self._store, bytes(self._buffer)
         self._buffer = bytearray()
-        sums = self._checksum(last, part=self._started)
-        if not self._started:  # one request: its checksums are the object's
-            self._call(store.put, last, self._exclusive, {**sums, **self._whole})
-        else:
-            while self._pending:
-                self._parts.append(self._pending.popleft().result())
-            self._call(
-                store.complete, self._parts, self._offset, last, self._exclusive, sums, self._whole
-            )
+        sums = self._checksum(last, part=True)
+        while self._pending:
+            self._parts.append(self._pending.popleft().result())
+        self._call(
+            store.complete, self._parts, self._offset, last, self._exclusive, sums, self._whole
+        )
+        self._committed()
+
+    @property
+    def one_request(self) -> bool:
+        """Whether the object is still to be sent in one request (no part was sent)."""
+        return not self._started
+
+    def fits(self, size: int) -> bool:
+        """Whether an object of `size` bytes, with nothing written here yet, is
+        sent in one request."""
+        return not self._started and not self._buffer and size <= self._part_size
+
+    def put_coroutine(self, data: bytes) -> Coroutine[Any, Any, None]:
+        """The request that sends `data` as the whole object (nothing may have been
+        written here), checksummed now, for the store's loop; then
+        :meth:`committed`."""
+        sums = self._checksum(data, part=False)
+        return self._retrying(self._store.put, data, self._exclusive, {**sums, **self._whole})
+
+    def committed(self) -> None:
+        """The object is published."""
+        self._committed()
+
+    def _committed(self) -> None:
         self._finished = True
-        store.invalidate()
+        self._store.invalidate()
 
     def abort(self) -> None:
         if self._finished:
             return
         self._finished = True
         self._buffer = bytearray()
-        try:
-            self._run(self._cancel_in_flight())
-        except Exception:
-            logger.exception("aiodicom: cancelling part uploads to %s failed", self._url)
+        if self._pending or self._tasks:  # parts in flight (none for a single request)
+            try:
+                self._run(self._cancel_in_flight())
+            except Exception:
+                logger.exception("aiodicom: cancelling part uploads to %s failed", self._url)
         if self._started:
             try:
                 self._call(self._store.cancel)
@@ -329,6 +377,9 @@ class PartWriter:
         name = getattr(func, "__name__", "request")
         while True:
             try:
+                if not self._prepared:
+                    await store.prepare()
+                    self._prepared = True
                 return await func(*args)
             except (asyncio.CancelledError, ChecksumMismatchError):
                 raise
@@ -369,3 +420,180 @@ class PartWriter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class AsyncPartWriter:
+    """A :class:`PartWriter` awaited from an event loop (an
+    :class:`~aiodicom.sinks.AsyncWriter`), without a worker thread for an object
+    that fits in one part.
+
+    Such an object's chunks are kept right here (immutable ones without a copy)
+    and joined once at commit; its one request is sent on the store's loop and
+    awaited: one trip between the loops per object.  An object that needs more
+    than one part goes on in worker threads, through the blocking writer, as a
+    :class:`~aiodicom.sinks.Sink`'s would.  The commit is shielded from
+    cancellation, as a worker thread's would be: once the request is sent,
+    whether the object was published is known before anything else.  Runs on
+    asyncio and trio.
+    """
+
+    def __init__(self, writer: PartWriter) -> None:
+        self._writer = writer
+        self._chunks: list[bytes | memoryview] = []
+        self._size = 0
+        self._threaded = False  # the blocking writer took over, in worker threads
+
+    @property
+    def checksum(self) -> Checksum | None:
+        """The checksum of the object, complete after commit."""
+        return self._writer.checksum
+
+    async def write(self, chunk: Chunk, /) -> None:
+        size = memoryview(chunk).nbytes
+        if not self._threaded and self._writer.fits(self._size + size):
+            self._chunks.append(_kept(chunk))
+            self._size += size
+            return
+        chunks = [*self._chunks, chunk]
+        self._chunks, self._size, self._threaded = [], 0, True
+        await anyio.to_thread.run_sync(self._write_all, chunks)
+
+    def _write_all(self, chunks: list[Any]) -> None:
+        for chunk in chunks:
+            self._writer.write(chunk)
+
+    async def commit(self) -> None:
+        writer = self._writer
+        if self._threaded:
+            await anyio.to_thread.run_sync(writer.commit)
+            return
+        chunks, self._chunks = self._chunks, []
+        data = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
+        put = writer.put_coroutine(data)
+        future = submit(put, writer._store.loop)
+        with anyio.CancelScope(shield=True):
+            await wait_future(future)
+        writer.committed()
+
+    async def abort(self) -> None:
+        self._chunks = []
+        if self._threaded:
+            await anyio.to_thread.run_sync(self._writer.abort)
+        else:
+            self._writer.abort()  # nothing was sent: no I/O
+
+
+def _kept(chunk: Chunk) -> bytes | memoryview:
+    """`chunk`, to be kept after the write returns: as it is if no one can change
+    it (``bytes``, or a view of ``bytes``), else a copy (see the Writer protocol)."""
+    if type(chunk) is bytes:
+        return chunk
+    view = memoryview(chunk)
+    if type(view.obj) is bytes:
+        return view
+    return bytes(view)
+
+
+async def wait_future(future: concurrent.futures.Future[T]) -> T:
+    """Wait for `future` (done in another thread) in this event loop, asyncio or
+    trio, without a worker thread: its completion wakes this loop."""
+    if not future.done():
+        done = anyio.Event()
+        inbox = _inbox()
+        future.add_done_callback(lambda _: inbox.post(done))
+        await done.wait()
+    return future.result()
+
+
+class _Wakes:
+    """Calls handed to an event loop from other threads, with one wake-up for all
+    those that arrive before the loop runs them.
+
+    Waking a loop from another thread writes to its self-pipe, which releases the
+    GIL: under load the writer then waits for it behind every other thread, once
+    per call.  Here a call that finds a wake-up already on its way only joins the
+    list.
+    """
+
+    def __init__(self, wake: Callable[[Callable[[], None]], object]) -> None:
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._calls: list[Callable[[], None]] = []
+
+    def call(self, function: Callable[[], None]) -> None:
+        """Have the loop call `function` (from any thread)."""
+        with self._lock:
+            self._calls.append(function)
+            if len(self._calls) > 1:
+                return  # the wake-up for the first one runs this one too
+        self._wake(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for function in calls:
+            function()
+
+
+class _Inbox:
+    """Sets events of one export loop (asyncio or trio) from other threads."""
+
+    def __init__(self) -> None:
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            self._wakes = _Wakes(trio.lowlevel.current_trio_token().run_sync_soon)
+        else:
+            self._wakes = _Wakes(asyncio.get_running_loop().call_soon_threadsafe)
+
+    def post(self, event: anyio.Event) -> None:
+        self._wakes.call(event.set)
+
+
+_INBOX: RunVar[_Inbox] = RunVar("aiodicom_upload_inbox")
+
+
+def _inbox() -> _Inbox:
+    try:
+        return _INBOX.get()
+    except LookupError:
+        inbox = _Inbox()
+        _INBOX.set(inbox)
+        return inbox
+
+
+_OUTBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakes] = (
+    weakref.WeakKeyDictionary()
+)
+_OUTBOXES_LOCK = threading.Lock()
+
+
+def submit(
+    coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+) -> concurrent.futures.Future[T]:
+    """``asyncio.run_coroutine_threadsafe(coro, loop)``, with one wake-up of
+    `loop` for all the coroutines submitted before it runs them."""
+    with _OUTBOXES_LOCK:
+        wakes = _OUTBOXES.get(loop)
+        if wakes is None:
+            wakes = _OUTBOXES[loop] = _Wakes(loop.call_soon_threadsafe)
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def start() -> None:
+        if not future.set_running_or_notify_cancel():
+            coro.close()
+            return
+        task = loop.create_task(coro)
+
+        def done(task: asyncio.Task[T]) -> None:
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())
+            else:
+                future.set_result(task.result())
+
+        task.add_done_callback(done)
+
+    wakes.call(start)
+    return future
