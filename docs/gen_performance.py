@@ -16,6 +16,7 @@ medians are what the tables show.
 from __future__ import annotations
 
 import json
+import urllib.parse
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +46,7 @@ def result_value(suite: str, path: str, results_dir: Path = RESULTS) -> Any:
     becomes (see ``docs/hooks.py``)."""
     data = json.loads((results_dir / f"{suite}.json").read_text(encoding="utf-8"))
     value: Any = data["results"]
-    for key in path.split("/"):
+    for key in map(urllib.parse.unquote, path.split("/")):  # %3A for ":" in a key
         value = value[int(key)] if isinstance(value, list) else value[key]
     return value
 

@@ -102,10 +102,10 @@ def on_files(files: Files, config: Any) -> Files:
 # benchmarks/results/SUITE.json's "results", so that every number the prose quotes
 # comes from a results file the benchmarks wrote, never typed by hand.  An unknown
 # path fails the build.
-_RESULT = re.compile(r"<!--result:([a-z0-9_]+):([A-Za-z0-9_./ \-]+)-->")
+_RESULT = re.compile(r"<!--result:([a-z0-9_]+):([A-Za-z0-9_./% \-]+)-->")
 # ``<!--verdict:SUITE:path:ge|le:target-->``: "met" or "**not met**", from the
 # same value (see ``gen_performance.verdict``).
-_VERDICT = re.compile(r"<!--verdict:([a-z0-9_]+):([A-Za-z0-9_./ \-]+):(ge|le):([0-9.]+)-->")
+_VERDICT = re.compile(r"<!--verdict:([a-z0-9_]+):([A-Za-z0-9_./% \-]+):(ge|le):([0-9.]+)-->")
 
 
 def _results_in_prose(markdown: str, src_uri: str) -> str:

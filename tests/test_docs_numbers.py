@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
-MARKER = re.compile(r"<!--result:([a-z0-9_]+):([A-Za-z0-9_./ \-]+)-->")
+MARKER = re.compile(r"<!--result:([a-z0-9_]+):([A-Za-z0-9_./% \-]+)-->")
 
 
 def _generator():  # type: ignore[no-untyped-def]
@@ -44,7 +44,7 @@ def test_every_quoted_result_exists(page: str, suite: str, path: str) -> None:
     assert isinstance(value, int | float | str), (page, suite, path, value)
 
 
-VERDICT = re.compile(r"<!--verdict:([a-z0-9_]+):([A-Za-z0-9_./ \-]+):(ge|le):([0-9.]+)-->")
+VERDICT = re.compile(r"<!--verdict:([a-z0-9_]+):([A-Za-z0-9_./% \-]+):(ge|le):([0-9.]+)-->")
 VERDICTS = [
     (page.relative_to(ROOT).as_posix(), *match.groups())
     for page in PAGES
