@@ -16,8 +16,8 @@ medians are what the tables show.
 from __future__ import annotations
 
 import json
-import urllib.parse
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

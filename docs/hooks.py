@@ -122,7 +122,9 @@ def _results_in_prose(markdown: str, src_uri: str) -> str:
         try:
             return str(_gen_performance().verdict(*match.groups()))
         except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{src_uri}: no benchmark verdict {match.group(0)} ({exc!r})") from exc
+            raise ValueError(
+                f"{src_uri}: no benchmark verdict {match.group(0)} ({exc!r})"
+            ) from exc
 
     return _VERDICT.sub(judge, _RESULT.sub(replace, markdown))
 
