@@ -1,12 +1,13 @@
-"""Bulk export on Dask: aiodicom.dask.export with 1 and 2 worker processes vs the
-single-process aiodicom.export.
+"""Bulk export on Dask: aiodicom.dask.export with 1 and 2 worker processes vs
+aiodicom.export on this machine alone.
 
 2,000 CT slices (512x512 uint16, 0.5 MiB each) are first written as files to a
 source folder (by ``benchmarks.bench_export.make_sources``).  Each method then
 exports the folder to ``Study/Series/SOP.dcm`` under a fresh local destination,
 with ``concurrency=16`` per task:
 
-* ``aiodicom.export``: one process, one event loop;
+* ``aiodicom.export``: with its defaults (worker processes, one per core; the
+  ratio column is named ``vs_single_process`` for this baseline: one machine);
 * ``dask-local``: ``aiodicom.dask.export`` without a client (Dask's threaded
   scheduler, in this process);
 * ``dask-1-worker`` / ``dask-2-workers``: a ``LocalCluster`` of 1 or 2 worker
