@@ -50,7 +50,11 @@ def _panels(results: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
                     (
                         f"export {export['count']} slices, {where}",
                         "items/s",
-                        {k: v["items_per_second"] for k, v in export[where].items()},
+                        {
+                            k: v["items_per_second"]
+                            for k, v in export[where].items()
+                            if isinstance(v, dict) and "items_per_second" in v
+                        },
                     )
                 )
     dask = results.get("dask")
