@@ -655,6 +655,48 @@ async def test_cancelling_an_s3_export_of_single_request_objects_reports_each_on
 
 
 @pytest.mark.anyio
+async def test_large_single_request_objects_are_checksummed_off_the_event_loop(
+    s3_bucket: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object sent in one request is joined and checksummed in the event loop
+    only when it is small; a larger one (an Azure MD5 of a few MiB takes several
+    milliseconds) in a worker thread.  The bytes are pydicom's either way."""
+    import threading
+
+    import s3fs
+
+    from aiodicom.sinks._stores import _uploader
+
+    where: dict[int, bool] = {}
+    put = _uploader.AsyncPartWriter._put
+
+    def recording(self: Any, chunks: list[Any]) -> Any:
+        size = sum(memoryview(chunk).nbytes for chunk in chunks)
+        where[size] = threading.current_thread() is threading.main_thread()
+        return put(self, chunks)
+
+    monkeypatch.setattr(_uploader.AsyncPartWriter, "_put", recording)
+    small, large = datasets.multiframe(256 * 1024), datasets.multiframe(3 * 1024 * 1024)
+    small.SOPInstanceUID, large.SOPInstanceUID = "1.2.3.1", "1.2.3.2"
+
+    report = await export(
+        [small, large],
+        s3_bucket,
+        template="{SOPInstanceUID}.dcm",
+        storage_options=s3_storage_options,
+    )
+
+    assert report.written == 2, report.failures
+    sizes = {item.destination: item.bytes for item in report.items}
+    assert where == {
+        sizes[f"{s3_bucket}/1.2.3.1.dcm"]: True,  # in the event loop
+        sizes[f"{s3_bucket}/1.2.3.2.dcm"]: False,  # in a worker thread
+    }
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    assert fs.cat_file(f"{s3_bucket}/1.2.3.2.dcm") == pydicom_bytes(large)
+
+
+@pytest.mark.anyio
 async def test_cancelling_an_s3_export_leaves_no_partial_objects(
     s3_bucket: str, s3_storage_options: dict[str, Any]
 ) -> None:

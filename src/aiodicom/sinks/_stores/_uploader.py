@@ -422,6 +422,12 @@ class PartWriter:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+_INLINE_COMMIT: Final = 1024 * 1024
+"""An object up to this size is joined and checksummed in the event loop at
+commit (about a millisecond at most: an MD5, for Azure); a larger one in a
+worker thread."""
+
+
 class AsyncPartWriter:
     """A :class:`PartWriter` awaited from an event loop (an
     :class:`~aiodicom.sinks.AsyncWriter`), without a worker thread for an object
@@ -458,6 +464,11 @@ class AsyncPartWriter:
         self._chunks, self._size, self._threaded = [], 0, True
         await anyio.to_thread.run_sync(self._write_all, chunks)
 
+    def _put(self, chunks: list[bytes | memoryview]) -> Coroutine[Any, Any, None]:
+        """The one request for the whole object: `chunks` joined, checksummed."""
+        data = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
+        return self._writer.put_coroutine(data)
+
     def _write_all(self, chunks: list[Any]) -> None:
         for chunk in chunks:
             self._writer.write(chunk)
@@ -468,8 +479,13 @@ class AsyncPartWriter:
             await anyio.to_thread.run_sync(writer.commit)
             return
         chunks, self._chunks = self._chunks, []
-        data = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
-        put = writer.put_coroutine(data)
+        if self._size > _INLINE_COMMIT:
+            # joining and checksumming (Azure: an MD5) take a few milliseconds per
+            # MiB: a worker thread's, not the event loop's
+            # (in a tuple: anyio refuses a coroutine returned by a thread on trio)
+            (put,) = await anyio.to_thread.run_sync(lambda: (self._put(chunks),))
+        else:
+            put = self._put(chunks)
         future = submit(put, writer._store.loop)
         with anyio.CancelScope(shield=True):
             await wait_future(future)
