@@ -410,6 +410,38 @@ async def test_local_failure_and_cancel_leave_nothing(local: Local, previous: bo
     assert local.listing() == before
 
 
+def test_calls_handed_to_a_loop_survive_a_failing_call_and_a_closed_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One wake-up runs every call queued behind it even if one of them raises;
+    a wake-up that cannot be delivered (the loop is closed) leaves nothing queued
+    that would keep later calls from waking the loop."""
+    from aiodicom.sinks._stores._uploader import _Wakes
+
+    ran: list[str] = []
+    pending: list[Any] = []
+    wakes = _Wakes(pending.append)  # the "loop" runs what it is handed when asked
+    wakes.call(lambda: ran.append("a"))
+    wakes.call(lambda: 1 / 0)  # type: ignore[func-returns-value]
+    wakes.call(lambda: ran.append("c"))
+    assert len(pending) == 1  # one wake-up for the three
+    pending.pop()()
+    assert ran == ["a", "c"]
+    assert "a call handed to an event loop failed" in caplog.text
+
+    def closed(_: Any) -> None:
+        raise RuntimeError("Event loop is closed")
+
+    broken = _Wakes(closed)
+    with pytest.raises(RuntimeError):
+        broken.call(lambda: None)
+    broken._wake = pending.append
+    broken.call(lambda: ran.append("d"))
+    assert len(pending) == 1
+    pending.pop()()
+    assert ran == ["a", "c", "d"]
+
+
 @pytest.mark.anyio
 async def test_uploads_submitted_from_many_threads_all_finish_with_their_own_outcome() -> None:
     """The object-store writer's hand-off between loops: coroutines submitted to

@@ -542,13 +542,21 @@ class _Wakes:
             self._calls.append(function)
             if len(self._calls) > 1:
                 return  # the wake-up for the first one runs this one too
-        self._wake(self._run)
+        try:
+            self._wake(self._run)
+        except BaseException:  # the loop is gone: later calls must not wait on this one
+            with self._lock:
+                self._calls.clear()
+            raise
 
     def _run(self) -> None:
         with self._lock:
             calls, self._calls = self._calls, []
         for function in calls:
-            function()
+            try:
+                function()
+            except Exception:  # one failing call must not keep the others from running
+                logger.exception("aiodicom: a call handed to an event loop failed")
 
 
 class _Inbox:
