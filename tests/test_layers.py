@@ -326,3 +326,112 @@ def test_test_modules_never_import_each_other() -> None:
             if any(name.startswith("tests.test_") for name in names):
                 offenders.append(f"{module.name}:{node.lineno}")
     assert offenders == []
+
+
+# --------------------------------------------- what `pip install .` alone provides
+
+# The import names of the dependencies pyproject.toml declares for every install
+# (not the extras); google-crc32c is imported as google_crc32c.
+DECLARED = {"pydicom", "anyio", "fsspec", "google_crc32c"}
+# Subpackages imported only with their extra installed (``import aiodicom`` does
+# not import them), and what that extra brings.
+EXTRA_ONLY = {"aiodicom.dask": {"dask", "distributed"}}
+
+
+def _allowed(module: str) -> set[str]:
+    for package, extra in EXTRA_ONLY.items():
+        if module == package or module.startswith(package + "."):
+            return DECLARED | extra
+    return DECLARED
+
+
+def module_level_imports(source: str) -> Iterator[tuple[int, str]]:
+    """Top-level names imported when the module is imported: at module level,
+    outside ``try`` (an optional import guarded there) and outside
+    ``if TYPE_CHECKING``; imports inside functions happen only when called."""
+
+    def walk(body: list[ast.stmt]) -> Iterator[tuple[int, str]]:
+        for node in body:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield node.lineno, alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield node.lineno, node.module.split(".")[0]
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                yield from walk(node.body)
+                yield from walk(node.orelse)
+
+    yield from walk(ast.parse(source).body)
+
+
+def test_the_package_imports_only_what_it_declares() -> None:
+    """``import aiodicom`` (and any of its modules) needs nothing but the standard
+    library and the declared dependencies: a module-level import of anything else
+    (sniffio, say, which the test extras bring in through trio) breaks a plain
+    ``pip install .``, which the test environment would not notice."""
+    import sys
+
+    undeclared = [
+        f"{module}:{line}: {name}"
+        for module, path in package_modules().items()
+        for line, name in module_level_imports(path.read_text(encoding="utf-8"))
+        if name not in sys.stdlib_module_names
+        and name not in _allowed(module)
+        and name != "aiodicom"
+    ]
+    assert undeclared == []
+    # and no other module imports an extra-only subpackage at module level
+    imported_by_package = [
+        f"{module}:{line}: {name}"
+        for module, path in package_modules().items()
+        if not any(module.startswith(package) for package in EXTRA_ONLY)
+        for line, name in _module_level_aiodicom_imports(module, path)
+        if any(name == package or name.startswith(package + ".") for package in EXTRA_ONLY)
+    ]
+    assert imported_by_package == []
+
+
+def _module_level_aiodicom_imports(module: str, path: Path) -> Iterator[tuple[int, str]]:
+    """Absolute names of the modules `module` (at `path`) imports at module
+    level, relative imports resolved (``from . import x`` gives ``package.x``)."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            stem = ".".join([*base, node.module] if node.module else base)
+            for alias in node.names:
+                yield node.lineno, stem if node.module else f"{stem}.{alias.name}"
+
+
+def test_the_declared_list_matches_pyproject() -> None:
+    text = (PACKAGE.parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    block = text.split("\ndependencies = [", 1)[1].split("]", 1)[0]
+    names = {
+        line.strip().strip('",').split(">")[0].split("<")[0].split("=")[0].split("[")[0]
+        for line in block.splitlines()
+        if line.strip()
+    }
+    assert {name.replace("-", "_") for name in names} == DECLARED
+
+
+def test_the_relative_imports_are_resolved(tmp_path: Path) -> None:
+    init = tmp_path / "__init__.py"
+    init.write_text("from .dask import export\nfrom . import dask\n", encoding="utf-8")
+    inner = tmp_path / "x.py"
+    inner.write_text("from ..dask import export\n", encoding="utf-8")
+    assert [n for _, n in _module_level_aiodicom_imports("aiodicom", init)] == [
+        "aiodicom.dask",
+        "aiodicom.dask",
+    ]
+    assert [n for _, n in _module_level_aiodicom_imports("aiodicom.cli.x", inner)] == [
+        "aiodicom.dask"
+    ]
+
+
+def test_the_import_check_finds_an_undeclared_import() -> None:
+    source = "import os\nimport sniffio\ntry:\n    import numpy\nexcept ImportError:\n    pass\n"
+    names = [name for _, name in module_level_imports(source)]
+    assert names == ["os", "sniffio"]

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import sys
 import threading
 import weakref
 from collections import deque
@@ -51,7 +52,6 @@ from typing import Any, Final, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
-import sniffio
 from anyio.lowlevel import RunVar
 
 from ..._checksum import Algorithm, Checksum
@@ -559,16 +559,26 @@ class _Wakes:
                 logger.exception("aiodicom: a call handed to an event loop failed")
 
 
+def _trio_wake() -> Callable[[Callable[[], None]], object] | None:
+    """Trio's way to hand a call to the running loop from another thread, or
+    ``None`` when the loop running is not trio's (trio is then not needed: a
+    trio loop has imported it already)."""
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        token = trio.lowlevel.current_trio_token()
+    except RuntimeError:  # not in a trio run
+        return None
+    wake: Callable[[Callable[[], None]], object] = token.run_sync_soon
+    return wake
+
+
 class _Inbox:
     """Sets events of one export loop (asyncio or trio) from other threads."""
 
     def __init__(self) -> None:
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            self._wakes = _Wakes(trio.lowlevel.current_trio_token().run_sync_soon)
-        else:
-            self._wakes = _Wakes(asyncio.get_running_loop().call_soon_threadsafe)
+        self._wakes = _Wakes(_trio_wake() or asyncio.get_running_loop().call_soon_threadsafe)
 
     def post(self, event: anyio.Event) -> None:
         self._wakes.call(event.set)
