@@ -330,16 +330,23 @@ async def _to_sink(
     if not able.encode_ahead:
         # encoded as it is written, in the thread: a refused first write stops it
         return await anyio.to_thread.run_sync(_encode_and_write, plan, sink, exist_ok, algorithm)
-    # Light: encode right here (a millisecond or two, and no thread
-    # competing with the loop for the GIL); only the sink's I/O goes to a thread.
-    # One inline encode per loop turn: many writes started at once must not
-    # run back to back without letting other tasks in.
+    # Light: encode right here; only the sink's I/O goes to a thread.
+    chunks = await _encode_in_loop(plan)
+    return await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok, algorithm)
+
+
+async def _encode_in_loop(plan: Callable[[], EncodePlan]) -> list[Chunk]:
+    """Encode a light dataset whole, right here in the event loop (a millisecond
+    or two, and no thread competing with the loop for the GIL).
+
+    One inline encode per loop turn: many writes started at once must not run
+    back to back without letting other tasks in.
+    """
     async with _inline_lock():
         # acquiring the lock may resume a task that was cancelled meanwhile
         # (anyio's fast path is shielded): do not encode for nothing
         await anyio.lowlevel.checkpoint_if_cancelled()
-        chunks = list(plan().chunks())
-    return await anyio.to_thread.run_sync(_write_chunks, sink, chunks, exist_ok, algorithm)
+        return list(plan().chunks())
 
 
 async def _write_inline(
@@ -434,9 +441,7 @@ async def _to_async_sink(
         encoded = await anyio.to_thread.run_sync(plan)
         return await _write_async(sink, encoded.chunks(), exist_ok, algorithm, in_thread=True)
     if _ENCODE_INLINE.get():
-        async with _inline_lock():
-            await anyio.lowlevel.checkpoint_if_cancelled()  # see _to_sink
-            chunks = list(plan().chunks())
+        chunks = await _encode_in_loop(plan)
     else:
         chunks = await anyio.to_thread.run_sync(lambda: list(plan().chunks()))
     return await _write_async(sink, iter(chunks), exist_ok, algorithm, in_thread=False)
