@@ -53,13 +53,12 @@ from ..sinks._dicomweb_batch import _maybe_stored
 from ..sinks._protocol import Chunk
 from ..sinks._stow import MetaSniffer
 from ..sinks.dicomweb import DicomWeb, StowResult, StowStatus
-from .claims import FIRST
 from .destination import Root
 from .naming import DEFAULT_TEMPLATE
 from .options import ExportOptions
 from .report import ExportReport, ItemResult, Status, Tally
-from .run import STREAM_SIZE, ProgressCallback, Run, selection_for
-from .sources import Selection, Source, iter_sources, read_source
+from .run import STREAM_SIZE, ProgressCallback, Run, produce, selection_for
+from .sources import Source, read_source
 
 __all__ = ["check_destination", "check_options", "instance_url", "make_sink", "run_dicomweb"]
 
@@ -261,7 +260,7 @@ async def run_dicomweb(
     try:
         async with sink, anyio.create_task_group() as group:  # one connection pool
             run.cancel_scope = group.cancel_scope
-            group.start_soon(_produce, sources, options.source_storage_options, selection, send)
+            group.start_soon(produce, sources, options.source_storage_options, selection, send)
             async with receive:
                 for _ in range(options.concurrency):
                     group.start_soon(exporter.work, receive.clone())
@@ -270,21 +269,6 @@ async def run_dicomweb(
     if run.callback_error is not None:
         raise run.callback_error  # itself, not wrapped in an exception group
     return tally.report(dry_run=options.dry_run)
-
-
-async def _produce(
-    sources: Any,
-    storage_options: dict[str, Any] | None,
-    selection: Selection,
-    send: anyio.abc.ObjectSendStream[tuple[int, Source]],
-) -> None:
-    """The sources, in order, one at a time, with their sequence numbers (which
-    decide which of two items with one SOP Instance UID is sent)."""
-    async with send, aclosing(iter_sources(sources, storage_options, selection)) as items:
-        seq = FIRST
-        async for item in items:
-            await send.send((seq, item))
-            seq += 1
 
 
 class _Exporter:

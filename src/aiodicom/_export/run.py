@@ -61,6 +61,7 @@ __all__ = [
     "RepeatedErrors",
     "choose_workers",
     "export",
+    "produce",
     "run_export",
     "selection_for",
 ]
@@ -430,19 +431,20 @@ async def _run_all(
 ) -> None:
     async with anyio.create_task_group() as group:
         run.cancel_scope = group.cancel_scope
-        group.start_soon(_produce, sources, source_storage_options, selection, send)
+        group.start_soon(produce, sources, source_storage_options, selection, send)
         async with receive:
             for _ in range(run.options.concurrency):
                 group.start_soon(_work, run, receive.clone())
 
 
-async def _produce(
+async def produce(
     sources: Any,
     storage_options: dict[str, Any] | None,
     selection: Selection,
     send: anyio.abc.ObjectSendStream[tuple[int, Source]],
 ) -> None:
-    """The sources, numbered in order (their sequence numbers decide name clashes)."""
+    """The sources, numbered in order (their sequence numbers decide name clashes,
+    here as in the DICOMweb export), sent one at a time."""
     async with send, aclosing(iter_sources(sources, storage_options, selection)) as items:
         seq = FIRST
         async for item in items:
