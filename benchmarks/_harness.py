@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 import tracemalloc
 from argparse import Namespace
@@ -28,6 +29,30 @@ def rss(field: str = "VmRSS") -> int:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def peak_rss_extra(fn: Callable[[], Any]) -> tuple[int, float]:
+    """(peak RSS above the start, seconds) while `fn` runs, sampled every 5 ms
+    and once more at the end."""
+    base = rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        fn()
+    finally:
+        elapsed = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+    return max(peak[0], rss()) - base, elapsed
 
 
 def settle_page_cache() -> None:

@@ -45,8 +45,14 @@ from tests import servers  # noqa: E402  (sets AWS_DEFAULT_REGION before s3fs lo
 
 import aiodicom  # noqa: E402
 from aiodicom.sinks.fsspec import FsspecFile  # noqa: E402
-from benchmarks._harness import MiB, median, peak_extra_memory, save_result  # noqa: E402
-from benchmarks.bench_s3 import _peak_rss_extra, ct  # noqa: E402
+from benchmarks._harness import (  # noqa: E402
+    MiB,
+    median,
+    peak_extra_memory,
+    peak_rss_extra,
+    save_result,
+)
+from benchmarks.bench_s3 import ct  # noqa: E402
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +114,7 @@ def _timed(fn: Any) -> tuple[int, float, float, float]:
     """(peak RSS above the start, wall seconds, client CPU seconds, server CPU
     seconds) of one call of `fn`."""
     client, server = time.process_time(), _server_cpu_seconds()
-    peak, seconds = _peak_rss_extra(fn)
+    peak, seconds = peak_rss_extra(fn)
     return peak, seconds, time.process_time() - client, _server_cpu_seconds() - server
 
 

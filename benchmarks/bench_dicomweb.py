@@ -26,8 +26,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._harness import MiB, rss, save_result  # noqa: E402
+from benchmarks._harness import MiB, peak_rss_extra, save_result  # noqa: E402
 
 CASES = ("aiodicom", "bytes first")
 
@@ -136,30 +134,20 @@ def _one_case(case: str, url: str, mib: int) -> dict[str, Any]:
 
     ds = _dataset(mib)
     gc.collect()
-    base_rss = rss()
-    peak = [base_rss]
-    stop = threading.Event()
+    traced = [0, 0]  # at the start, peak
 
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.005)
+    def send() -> None:
+        tracemalloc.start()
+        traced[0] = tracemalloc.get_traced_memory()[0]
+        (_aiodicom if case == "aiodicom" else _bytes_first)(url, ds)
+        traced[1] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    tracemalloc.start()
-    base_traced, _ = tracemalloc.get_traced_memory()
-    started = time.perf_counter()
-    (_aiodicom if case == "aiodicom" else _bytes_first)(url, ds)
-    seconds = time.perf_counter() - started
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    stop.set()
-    sampler.join()
+    rss_extra, seconds = peak_rss_extra(send)
     return {
         "seconds": seconds,
-        "peak_extra_traced_MiB": (traced_peak - base_traced) / MiB,
-        "peak_extra_rss_MiB": (max(peak[0], rss()) - base_rss) / MiB,
+        "peak_extra_traced_MiB": (traced[1] - traced[0]) / MiB,
+        "peak_extra_rss_MiB": rss_extra / MiB,
     }
 
 

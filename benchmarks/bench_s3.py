@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +41,7 @@ from benchmarks._harness import (  # noqa: E402
     alternate,
     median,
     peak_extra_memory,
-    rss,
+    peak_rss_extra,
     save_result,
 )
 
@@ -72,29 +70,6 @@ def ct(rows: int = 512, columns: int = 512, frames: int | None = None, seed: int
         frame = np.arange(rows * columns, dtype="<u2").tobytes()
         ds.PixelData = frame * frames
     return ds
-
-
-def _peak_rss_extra(fn: Any) -> tuple[int, float]:
-    """(peak RSS above the start, seconds) while `fn` runs, sampled every 5 ms."""
-    base = rss()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        fn()
-    finally:
-        elapsed = time.perf_counter() - start
-        stop.set()
-        sampler.join()
-    return peak[0] - base, elapsed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("aiodicom (8 MiB parts, concurrency 4)", aiodicom_big(concurrency=4)),
             ("pydicom + s3fs pipe", pydicom_big),
         ]:
-            rss, seconds = _peak_rss_extra(fn)
+            rss, seconds = peak_rss_extra(fn)
             fs.rm(uploaded.pop())  # keep moto's memory in check
             traced = peak_extra_memory(fn)
             fs.rm(uploaded.pop())
