@@ -32,6 +32,7 @@ CORE_ALLOWED = {
     "collections",
     "copy",
     "dataclasses",
+    "decimal",
     "enum",
     "functools",
     "itertools",

@@ -423,3 +423,199 @@ def test_plain_file_meta_encoded_as_pydicom_encodes_it(tmp_path: Path) -> None:
         assert dataset_state(meta) == before, path
     assert plain > 10 * other
     assert built_plain > 5  # meta built in memory is plain too
+
+
+# ---------------------------------------------------------------------------
+# The core's own framing of small in-memory elements
+
+
+def _value_cases() -> list[tuple[int, str, Any]]:
+    """``(tag, VR, value)`` for every kind of value the core frames itself, and
+    the odd ones next to them that it must leave to pydicom."""
+    from decimal import Decimal
+
+    import numpy as np
+    from pydicom.multival import MultiValue
+    from pydicom.uid import UID
+    from pydicom.valuerep import DS, IS, DSdecimal, DSfloat, PersonName
+
+    tag = 0x00091010
+    cases: list[tuple[int, str, Any]] = []
+    for vr in ("AE", "AS", "CS", "DA", "DT", "TM", "UR", "LO", "LT", "SH", "ST", "UC", "UT", "UI"):
+        cases += [
+            (tag, vr, "ABC"),  # odd: padded
+            (tag, vr, "ABCD"),
+            (tag, vr, ""),
+            (tag, vr, "caf\u00e9"),  # not ASCII
+            (tag, vr, ["A", "BC", ""]),
+            (tag, vr, []),
+            (tag, vr, ("A", "B")),
+            (tag, vr, ["A", b"B"]),
+            (tag, vr, b"AB"),
+            (tag, vr, None),
+            (tag, vr, 12),
+            (tag, vr, "x" * 0x10001),  # too long for a 16-bit length
+        ]
+    cases += [
+        (tag, "UI", UID("1.2.3")),
+        (tag, "UI", [UID("1.2"), "1.23"]),
+        (tag, "PN", PersonName("Doe^John")),
+        (tag, "PN", PersonName("Doe^Jo")),
+        (tag, "PN", PersonName("M\u00fcller^J\u00fcrgen")),
+        (tag, "PN", PersonName("")),
+        (tag, "PN", [PersonName("A^B"), PersonName("C^D")]),
+        (tag, "PN", [PersonName("A^B")]),  # pydicom fails on a list of one
+        (tag, "PN", "Doe^John"),
+        (tag, "DS", DSfloat("1.50")),  # its original string
+        (tag, "DS", DSfloat(0.7)),
+        (tag, "DS", DSfloat(1 / 3, auto_format=True)),
+        (tag, "DS", DSdecimal(Decimal("2.25"))),
+        (tag, "DS", DS("  1.5 ")),
+        (tag, "DS", [DSfloat("1"), DSfloat(0.7), DSfloat("-2.5")]),
+        (tag, "DS", 1.25),
+        (tag, "DS", Decimal("3.5")),
+        (tag, "DS", ""),
+        (tag, "DS", None),
+        (tag, "DS", []),
+        (tag, "DS", np.array([1.5, 2.0])),
+        (tag, "IS", IS("12")),
+        (tag, "IS", IS(" 007")),
+        (tag, "IS", [IS("1"), IS("-20")]),
+        (tag, "IS", 12),
+        (tag, "IS", True),
+    ]
+    for vr, good, bad in [
+        ("US", 65535, -1),
+        ("SS", -32768, 40000),
+        ("UL", 2**32 - 1, 2**32),
+        ("SL", -(2**31), 2**31),
+        ("UV", 2**64 - 1, -1),
+        ("SV", -(2**63), 2**63),
+        ("FL", 1.1, "x"),
+        ("FD", 1 / 3, "x"),
+    ]:
+        cases += [
+            (tag, vr, good),
+            (tag, vr, bad),
+            (tag, vr, 0),
+            (tag, vr, [good, 0, 1]),
+            (tag, vr, [good, bad]),
+            (tag, vr, []),
+            (tag, vr, ""),
+            (tag, vr, None),
+            (tag, vr, 1.5),
+            (tag, vr, True),
+            (tag, vr, np.uint16(7)),
+            (tag, vr, np.array([1, 2], dtype=np.uint16)),
+            (tag, vr, (1, 2)),
+        ]
+    cases += [
+        (0x00283002, "SS", [4096, -2000, 16]),  # LUT Descriptor: pydicom's own case
+        (0x00283002, "SS", -2000),
+        (0x00280010, "US", 512),
+    ]
+    built: list[tuple[int, str, Any]] = []
+    for tag_, vr, value in cases:
+        if isinstance(value, list):
+            built.append((tag_, vr, MultiValue(lambda v: v, value)))
+        built.append((tag_, vr, value))
+    return built
+
+
+def _originals(elem: Any) -> list[Any]:
+    values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
+    return [getattr(v, "original_string", None) for v in values]
+
+
+def _framing_or_error(elem: Any, implicit_vr: bool, little_endian: bool, charset: Any) -> Any:
+    from pydicom.filewriter import write_data_element
+
+    out = DicomBytesIO()
+    out.is_implicit_VR, out.is_little_endian = implicit_vr, little_endian
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            write_data_element(out, elem, charset)
+    except Exception as exc:
+        return exc
+    return out.getvalue(), [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("charset", ["iso8859", "ISO_IR 100", "ISO_IR 192"])
+@pytest.mark.parametrize(
+    ("implicit_vr", "little_endian"), [(False, True), (True, True), (False, False)]
+)
+def test_value_elements_framed_as_pydicom_frames_them(
+    implicit_vr: bool, little_endian: bool, charset: str
+) -> None:
+    """Every in-memory element the core frames itself comes out byte for byte as
+    ``write_data_element`` writes it, without a warning from pydicom, and leaves
+    the element as pydicom leaves it; what pydicom refuses, warns about or
+    treats specially is left to it.  Most cases take the fast way."""
+    import copy
+
+    from pydicom.charset import convert_encodings
+    from pydicom.dataelem import DataElement
+
+    from aiodicom._core.encode import _value_element
+    from tests.helpers import element_state
+
+    framed = declined = 0
+    for tag, vr, value in _value_cases():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                theirs = DataElement(tag, vr, copy.deepcopy(value))
+                ours = DataElement(tag, vr, copy.deepcopy(value))
+            except Exception:
+                continue
+        expected = _framing_or_error(theirs, implicit_vr, little_endian, charset)
+        got = _value_element(ours, implicit_vr, little_endian, convert_encodings(charset))
+        if got is None:
+            declined += 1
+            continue
+        framed += 1
+        case = (vr, value, implicit_vr, little_endian)
+        assert not isinstance(expected, Exception), (case, expected)
+        assert expected == (got, []), case
+        assert element_state(ours) == element_state(theirs), case
+        assert _originals(ours) == _originals(theirs), case  # PersonName keeps its bytes
+    assert framed > 150
+    assert declined > 100
+
+
+@pytest.mark.parametrize(
+    "charset", sorted(__import__("aiodicom._core.encode")._core.encode._PLAIN_CHARSETS)
+)
+def test_plain_character_sets_are_plain(charset: str) -> None:
+    """A character set the core frames text with converts without a warning to
+    one ASCII-compatible encoding that needs no escape sequences."""
+    from pydicom.charset import convert_encodings, encode_string
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encodings = convert_encodings(charset)
+    assert len(encodings) == 1
+    text = "".join(map(chr, range(32, 127)))
+    assert encode_string(text, encodings) == text.encode("ascii")
+
+
+async def test_other_character_sets_still_warn_per_element_as_pydicom() -> None:
+    """With a character set pydicom warns about, it warns for every element it
+    writes: the core leaves them all to it, so the warnings are pydicom's."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO-IR 100"  # misspelt: pydicom corrects it, warning
+    ds.PatientID = "ID"
+    ds.Rows = 2
+    ds.Modality = "CT"
+    expected = DicomBytesIO()
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        pydicom.dcmwrite(expected, ds, implicit_vr=True, little_endian=True)
+    got = bytearray()
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        await aiodicom.dcmwrite(got, ds, implicit_vr=True, little_endian=True)
+    assert len(theirs) >= 4
+    assert [str(w.message) for w in ours] == [str(w.message) for w in theirs]
+    assert bytes(got) == expected.getvalue()

@@ -28,20 +28,25 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from copy import deepcopy
 from dataclasses import dataclass
+from decimal import Decimal
 from struct import Struct
+from struct import error as StructError
 from typing import Any, Final
 
-from pydicom.charset import default_encoding
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.fileutil import buffer_remaining, reset_buffer_position
 from pydicom.filewriter import (
+    _LUT_DESCRIPTOR_TAGS,
     _determine_encoding,
+    _is_multi_value,
     correct_ambiguous_vr,
     write_data_element,
     write_file_meta_info,
 )
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, SequenceDelimiterTag, tag_in_exception
 from pydicom.uid import (
     UID,
@@ -49,7 +54,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
 )
-from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, PersonName
 
 from .rules import CHUNK_SIZE, PASSTHROUGH_MIN, VERBATIM_VRS, Chunk
 
@@ -303,9 +308,10 @@ def _encode_plain_meta(file_meta: FileMetaDataset) -> bytes:
     for tag in sorted(file_meta._dict):
         with tag_in_exception(BaseTag(tag)):
             elem: DataElement | RawDataElement = file_meta.get_item(BaseTag(tag))
-            encoded = None
             if type(elem) is RawDataElement:
                 encoded = _raw_element(elem, False, True)
+            else:
+                encoded = _value_element(elem, False, True, _DEFAULT_ENCODINGS)
             if encoded is None:
                 buffer = _new_buffer((False, True))
                 write_data_element(buffer, elem, default_encoding)
@@ -367,8 +373,10 @@ def _encode_dataset(
         get_item = dataset.__getitem__
 
     charset = dataset.get("SpecificCharacterSet", default_encoding)
+    plain = charset is default_encoding or (type(charset) is str and charset in _PLAIN_CHARSETS)
+    encodings = convert_encodings(charset) if plain else []
     buffer = _new_buffer(encoding)
-    for tag in sorted(dataset.keys()):
+    for tag in sorted(dataset.keys(), key=int):  # BaseTag compares in Python
         if tag.element == 0 and tag.group > 6:
             continue
         with tag_in_exception(tag):
@@ -388,6 +396,14 @@ def _encode_dataset(
                 elem = get_item(tag)
             if type(elem) is RawDataElement:
                 encoded = _raw_element(elem, implicit_vr, little_endian)
+                if encoded is not None:
+                    buffer.write(encoded)
+                    if buffer.tell() >= CHUNK_SIZE:
+                        yield buffer.getvalue()
+                        buffer = _new_buffer(encoding)
+                    continue
+            if plain and type(elem) is DataElement:
+                encoded = _value_element(elem, implicit_vr, little_endian, encodings)
                 if encoded is not None:
                     buffer.write(encoded)
                     if buffer.tell() >= CHUNK_SIZE:
@@ -450,6 +466,137 @@ def _raw_element(elem: RawDataElement, implicit_vr: bool, little_endian: bool) -
     if undefined:
         return head + value + _DELIMITER[little_endian]
     return head + value
+
+
+_PLAIN_CHARSETS: Final = frozenset({"ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+"""Values of *Specific Character Set* with which pydicom's ``write_data_element``
+neither warns (``convert_encodings``) nor encodes an ASCII text differently from
+ASCII (one encoding, no escape sequences): the ones :func:`_value_element` may
+stand in for it with.  With any other value every element goes to pydicom, which
+warns (or raises) for each element as it always has."""
+
+_DEFAULT_ENCODINGS: Final = convert_encodings(default_encoding)
+_PADDED_STRINGS: Final = {
+    **dict.fromkeys(("AE", "AS", "CS", "DA", "DT", "TM", "UR"), b" "),  # write_string
+    **dict.fromkeys(("LO", "LT", "SH", "ST", "UC", "UT"), b" "),  # write_text
+    "UI": b"\0",  # write_UI
+}
+_NUMBER_STRINGS: Final = frozenset({"DS", "IS"})  # write_number_string
+_NUMBER_TYPES: Final = (int, float, Decimal)
+_STR_TYPES: Final = frozenset({str, UID})  # what write_string encodes as it is
+_NUMBERS: Final = {
+    "FD": "d",
+    "FL": "f",
+    "SL": "l",
+    "SS": "h",
+    "SV": "q",
+    "UL": "L",
+    "US": "H",
+    "UV": "Q",
+}
+_PACK: Final = {
+    (little, vr): Struct(("<" if little else ">") + fmt)
+    for little in (True, False)
+    for vr, fmt in _NUMBERS.items()
+}
+
+
+def _value_element(
+    elem: DataElement, implicit_vr: bool, little_endian: bool, encodings: list[str]
+) -> bytes | None:
+    """A small in-memory element whose value pydicom's writer encodes without
+    looking at anything else, framed as ``write_data_element`` frames it; or
+    ``None`` for pydicom to do it.
+
+    Covered: ASCII ``str`` (and ``UID``) values, single or multi-valued, of the
+    string and text VRs; ``PersonName`` values (encoded by themselves with
+    `encodings`, as pydicom has them do); DS/IS numbers (their
+    ``original_string`` or ``str()``, as pydicom writes them); ``int`` and
+    ``float`` values of the binary number VRs.  Those are the elements of a
+    typical dataset built in memory, which pydicom's general writer encodes at
+    some microseconds each.  Anything else (dates, sequences, bytes, non-ASCII
+    text, empty or undefined lengths, a 16-bit length it would overflow, a value
+    ``struct`` refuses) is left to pydicom, with its own errors and warnings.
+    Only for a dataset whose character set is in :data:`_PLAIN_CHARSETS`.
+    """
+    vr = elem.VR
+    value = elem._value
+    if value is None or elem.is_undefined_length:
+        return None
+    multi = _is_multi_value(value)
+    out: bytes
+    if vr in _PADDED_STRINGS:
+        if multi:
+            if not value or not all(type(v) in _STR_TYPES for v in value):
+                return None
+            text = "\\".join(value)
+        elif type(value) in _STR_TYPES and value:
+            text = value
+        else:
+            return None
+        if not text.isascii():
+            return None
+        out = text.encode("ascii")
+        if len(out) % 2:
+            out += _PADDED_STRINGS[vr]
+    elif vr == "PN":
+        # write_PN: each PersonName encodes itself (and keeps the result), with
+        # the encodings pydicom converts the character set to
+        if multi:
+            # one value in a list: write_PN takes the list for the name and fails
+            if len(value) < 2 or not all(type(v) is PersonName for v in value):
+                return None
+            out = b"\\".join([v.encode(encodings) for v in value])
+        elif type(value) is PersonName and value:
+            out = value.encode(encodings)
+        else:
+            return None
+        if len(out) % 2:
+            out += b" "
+    elif vr in _NUMBER_STRINGS:
+        # the numbers pydicom converts DS and IS values to (not iterable: one
+        # value), or a list of them
+        if multi:
+            if not value or not all(isinstance(v, _NUMBER_TYPES) for v in value):
+                return None
+            text = "\\".join(
+                v.original_string if hasattr(v, "original_string") else str(v) for v in value
+            )
+        elif isinstance(value, _NUMBER_TYPES):
+            text = value.original_string if hasattr(value, "original_string") else str(value)
+        else:
+            return None
+        if type(text) is not str or not text.isascii():
+            return None
+        out = text.encode("ascii")
+        if len(out) % 2:
+            out += b" "
+    elif vr in _NUMBERS:
+        pack = _PACK[little_endian, vr]
+        try:
+            if type(value) is int or type(value) is float:
+                out = pack.pack(value)
+            elif type(value) is MultiValue or type(value) is list:
+                if not value or (vr == "SS" and elem.tag in _LUT_DESCRIPTOR_TAGS):
+                    return None
+                if not all(type(v) is int or type(v) is float for v in value):
+                    return None
+                out = b"".join([pack.pack(v) for v in value])
+            else:
+                return None
+        except (StructError, OverflowError):
+            return None  # pydicom raises its own error for it
+    else:
+        return None
+    tag = elem.tag
+    length = len(out)
+    if implicit_vr:
+        return _TAG_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, length) + out
+    if vr in EXPLICIT_VR_LENGTH_32:
+        return _TAG_VR_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length) + out
+    if length > 0xFFFF:
+        return None  # pydicom changes the VR to UN, with a warning
+    return _TAG_VR_US[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length) + out
 
 
 def _new_buffer(encoding: tuple[bool, bool]) -> DicomBytesIO:
