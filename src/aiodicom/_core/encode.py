@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from struct import Struct
 from struct import error as StructError
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
@@ -39,7 +39,6 @@ from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.fileutil import buffer_remaining, reset_buffer_position
 from pydicom.filewriter import (
-    _LUT_DESCRIPTOR_TAGS,
     _determine_encoding,
     _is_multi_value,
     correct_ambiguous_vr,
@@ -47,7 +46,7 @@ from pydicom.filewriter import (
     write_file_meta_info,
 )
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, SequenceDelimiterTag, tag_in_exception
+from pydicom.tag import _LUT_DESCRIPTOR_TAGS, BaseTag, SequenceDelimiterTag, tag_in_exception
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -311,7 +310,7 @@ def _encode_plain_meta(file_meta: FileMetaDataset) -> bytes:
             if type(elem) is RawDataElement:
                 encoded = _raw_element(elem, False, True)
             else:
-                encoded = _value_element(elem, False, True, _DEFAULT_ENCODINGS)
+                encoded = _value_element(cast(DataElement, elem), False, True, _DEFAULT_ENCODINGS)
             if encoded is None:
                 buffer = _new_buffer((False, True))
                 write_data_element(buffer, elem, default_encoding)
