@@ -5,6 +5,7 @@ sessions.  Each test failed before its fix (see docs/guarantees.md)."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -232,7 +233,8 @@ async def test_cancel_returns_promptly_with_a_slow_generator(tmp_path: Path) -> 
     assert time.monotonic() - started < 2.0
 
 
-async def test_cancel_returns_promptly_with_a_slow_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [16, 1])  # 1: read, name and write in one hop
+async def test_cancel_returns_promptly_with_a_slow_read(tmp_path: Path, concurrency: int) -> None:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, _slice(1, size=256))
     started = time.monotonic()
@@ -240,6 +242,7 @@ async def test_cancel_returns_promptly_with_a_slow_read(tmp_path: Path) -> None:
         await aiodicom.export(
             [io.BufferedReader(_SlowFile(buffer.getvalue()), buffer_size=512)],
             tmp_path / "out",
+            concurrency=concurrency,
         )
     assert time.monotonic() - started < 2.0
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("*")) == []
@@ -558,3 +561,94 @@ def test_report_to_a_reader_that_goes_away(tmp_path: Path) -> None:
     assert process.wait(timeout=120) == 0, err.decode()
     assert b"Traceback" not in err
     assert len(list((tmp_path / "out").glob("*.dcm"))) == 300
+
+
+# --- one item at a time: read, name and write in one worker-thread hop -------------
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02, 0.05, 0.1, 0.2])
+async def test_cancelling_one_item_at_a_time_reports_every_file_it_leaves(
+    tmp_path: Path, delay: float
+) -> None:
+    """Cancelled at any moment (while an item is read, named or written), an
+    export of one item at a time leaves only whole files, and each of them was
+    reported written: a write is rolled back, or committed and counted."""
+    big = datasets.multiframe(4 * 1024 * 1024)
+    items = []
+    for number in range(40):
+        ds = copy.deepcopy(big) if number else big
+        ds.SOPInstanceUID = f"1.2.3.{number}"
+        items.append(ds)
+    expected = pydicom_bytes(items[0])
+    reported: list[aiodicom.ItemResult] = []
+
+    def on_progress(progress: aiodicom.ExportProgress) -> None:
+        assert progress.item is not None
+        reported.append(progress.item)
+
+    with anyio.move_on_after(delay):
+        await aiodicom.export(
+            items,
+            tmp_path / "out",
+            concurrency=1,
+            progress=on_progress,
+            template="{SOPInstanceUID}.dcm",
+        )
+    on_disk = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert _temp_files(tmp_path) == []
+    for path in on_disk:
+        content = path.read_bytes()
+        assert len(content) == len(expected)
+        assert content[-4096:] == expected[-4096:]
+    written = sorted(
+        Path(r.destination) for r in reported if r.status is Status.WRITTEN and r.destination
+    )
+    assert written == on_disk
+
+
+async def test_one_item_at_a_time_decides_names_after_failed_items(tmp_path: Path) -> None:
+    """Items that fail before they have a name, or are refused a taken one, do
+    not hold up the names of the items after them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "0-broken.dcm").write_bytes(BROKEN_DICOM)
+    for number, (name, instance) in enumerate([("a", 1), ("b", 2), ("c", 1), ("d", 3)]):
+        ds = _slice(number)
+        ds.InstanceNumber = instance
+        ds.save_as(folder / f"{number + 1}-{name}.dcm", enforce_file_format=True)
+    report = await aiodicom.export(
+        folder, tmp_path / "out", concurrency=1, template="{InstanceNumber}.dcm"
+    )
+    assert [r.status for r in report.items] == [
+        Status.FAILED,
+        Status.WRITTEN,
+        Status.WRITTEN,
+        Status.FAILED,
+        Status.WRITTEN,
+    ]
+    assert isinstance(report.items[3].error, aiodicom.DuplicateDestinationError)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.dcm", "2.dcm", "3.dcm"]
+    suffixed = await aiodicom.export(
+        folder,
+        tmp_path / "out2",
+        concurrency=1,
+        template="{InstanceNumber}.dcm",
+        on_conflict="suffix",
+    )
+    assert [r.status for r in suffixed.items].count(Status.WRITTEN) == 4
+    assert (tmp_path / "out2" / "1-1.dcm").read_bytes() == (folder / "3-c.dcm").read_bytes()
+
+
+async def test_one_item_at_a_time_runs_a_transform_in_source_order(tmp_path: Path) -> None:
+    folder = _source_folder(tmp_path / "in", 6)
+    seen: list[int] = []
+
+    def transform(ds: Dataset) -> Dataset:
+        seen.append(int(ds.InstanceNumber))
+        ds.PatientID = "ANON"
+        return ds
+
+    report = await aiodicom.export(folder, tmp_path / "out", concurrency=1, transform=transform)
+    assert report.written == 6
+    assert seen == list(range(6))
+    assert all(pydicom.dcmread(p).PatientID == "ANON" for p in (tmp_path / "out").rglob("*.dcm"))

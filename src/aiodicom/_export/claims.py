@@ -173,6 +173,16 @@ class NameGate:
             raise answer
         return answer
 
+    def claim_now(self, seq: int, name: str) -> str | DuplicateDestinationError:
+        """The answer to item `seq`'s claim on `name`, for a caller whose every
+        earlier item is decided already (an export of one item at a time), from
+        any thread while the event loop does not use the gate: no waiting, and
+        no other item's claim is decided by it."""
+        if seq != self.names.low or self.names.waiting:
+            raise RuntimeError(f"item {seq} claims a name before an earlier item was decided")
+        ((_, answer),) = self.names.ask(seq, name)
+        return answer
+
     def resolve(self, seq: int) -> None:
         """Item `seq` finished without a name."""
         self._deliver(self.names.resolve(seq))

@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import pickle
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
@@ -69,12 +70,12 @@ __all__ = [
 logger = logging.getLogger("aiodicom.export")
 
 DEFER_SIZE: Final = 16 * 1024
+"""With ``skip_existing``, local sources are first read with values above this
+size deferred, so an item whose destination exists costs only its header."""
 STREAM_SIZE: Final = 4 * 1024 * 1024
 """Values of local source files larger than this are not read with the dataset:
 they are streamed from the source file as they are written (bounded memory, the
 same bytes)."""
-"""With ``skip_existing``, local sources are first read with values above this
-size deferred, so an item whose destination exists costs only its header."""
 
 REPEATED_ERRORS: Final = 20
 """An export stops (:class:`~aiodicom.DestinationError`) when this many items in
@@ -580,6 +581,10 @@ class Run:
         self.look_first = (
             root.is_local and (options.skip_existing or options.dry_run) and self.transform is None
         )
+        # One item at a time, all of it blocking work: one thread hop per item.
+        self.one_hop = (
+            options.concurrency == 1 and not root.awaits_uploads and not self.async_transform
+        )
 
     def finish(self) -> ExportReport:
         """The report; raises :class:`~aiodicom.DestinationError` (with it) if the
@@ -598,6 +603,8 @@ class Run:
         the export was cancelled is still counted: the report lists every
         destination that holds its bytes.
         """
+        if self.one_hop:
+            return await self._export_in_one_hop(source, seq)
         start = time.perf_counter()
         destination: str | None = None
         written: list[CountingSink | CountingAsyncSink] = []
@@ -647,6 +654,49 @@ class Run:
             ),
             False,
         )
+
+    async def _export_in_one_hop(self, source: Source, seq: int) -> tuple[ItemResult, bool]:
+        """:meth:`export_one` in one worker-thread hop instead of two, for an
+        export of one item at a time: read, name, claim and write in the same
+        thread, as a worker process does (its items' claims are decided at once:
+        every earlier item is done).
+
+        Cancellation keeps :meth:`export_one`'s promises.  The thread is
+        abandoned at once while it reads and names (it stops before claiming);
+        once it writes, the export waits for it: the write stops at its next
+        chunk and is rolled back, or it was committed and is counted.
+        """
+        hop = _Hop()
+
+        def whole() -> tuple[ItemResult, bool]:
+            outcome = self.name_blocking(source)
+            if not isinstance(outcome, Named):
+                return outcome
+            with hop.lock:
+                if hop.abandoned:
+                    raise _Abandoned
+                answer = self.gate.claim_now(seq, outcome.name)
+                hop.writing = True
+            try:
+                hop.result = self.write_blocking(outcome, answer, hop.check)
+                return hop.result
+            finally:
+                hop.done.set()
+
+        try:
+            return await anyio.to_thread.run_sync(whole, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            with hop.lock:
+                hop.abandoned = True
+                writing = hop.writing
+            if writing:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(hop.done.wait)
+                if hop.result is not None and hop.result[0].status is Status.WRITTEN:
+                    self._record_now(hop.result[0], seq=seq)
+            raise
+        finally:
+            self.gate.resolve(seq)  # unless claimed (then nothing): it has no name
 
     def _failed(
         self,
@@ -969,6 +1019,29 @@ class Run:
     def _stop(self) -> None:
         assert self.cancel_scope is not None
         self.cancel_scope.cancel()
+
+
+class _Abandoned(BaseException):
+    """Raised in a worker thread whose item the export gave up (cancelled):
+    stop, and roll back the write if one was started."""
+
+
+class _Hop:
+    """Between the event loop and the thread of one item of
+    :meth:`Run._export_in_one_hop`: whether the loop gave the item up, whether the
+    thread is writing (and may no longer be given up), its result."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.writing = False
+        self.done = threading.Event()
+        self.result: tuple[ItemResult, bool] | None = None
+
+    def check(self) -> None:
+        """Between the chunks of the write: stop it if the item was given up."""
+        if self.abandoned:
+            raise _Abandoned
 
 
 _Outcome = tuple[Status, int, BaseException | None, Checksum | None]
