@@ -5,6 +5,7 @@ silently and leave nothing half-written."""
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import signal
 import threading
@@ -463,11 +464,17 @@ def released_when(source: str, marker: Path) -> Any:
     return progress
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("on_conflict", ["fail", "suffix"])
-@pytest.mark.parametrize("written_last", [1, 2])
+@pytest.mark.parametrize(
+    ("backend", "on_conflict", "written_last", "concurrency"),
+    [
+        *itertools.product(["asyncio", "trio"], ["fail", "suffix"], [1, 2], [16]),
+        # one item at a time in each partition (and in the settling pass)
+        ("asyncio", "suffix", 2, 1),
+        ("trio", "fail", 2, 1),
+    ],
+)
 def test_a_clash_across_partitions_is_won_by_the_first_in_source_order(
-    tmp_path: Path, backend: str, on_conflict: Any, written_last: int
+    tmp_path: Path, backend: str, on_conflict: Any, written_last: int, concurrency: int
 ) -> None:
     """Whichever of the two items of one name (in two partitions running at once)
     is written last, the result is the single-machine export's: the first in
@@ -475,7 +482,11 @@ def test_a_clash_across_partitions_is_won_by_the_first_in_source_order(
     paths = clash_sources(tmp_path / "in")
     marker = tmp_path / "released"
     first_written = str(paths[2 - written_last])  # 1 -> paths[1], 2 -> paths[0]
-    options: dict[str, Any] = {"template": "{SOPInstanceUID}.dcm", "on_conflict": on_conflict}
+    options: dict[str, Any] = {
+        "template": "{SOPInstanceUID}.dcm",
+        "on_conflict": on_conflict,
+        "concurrency": concurrency,
+    }
     expected = single_machine(paths, tmp_path / "single", **options)
     seen: list[ExportProgress] = []
 

@@ -192,20 +192,26 @@ async def test_a_raising_progress_callback_raises_its_own_exception(tmp_path: Pa
         )
 
 
-async def test_datasets_in_memory_mixed_with_paths(tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [16, 1])
+async def test_datasets_in_memory_mixed_with_paths(tmp_path: Path, concurrency: int) -> None:
+    """The parent exports the datasets in memory itself, claiming their names
+    from the gate the workers' claims go through (one item at a time too)."""
     expected = _sources(tmp_path / "in", 10)
-    extra = _slice(999)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, extra)
+    extras = [_slice(900 + number) for number in range(3)]
+    for extra in extras:
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, extra)
+        expected[extra.SOPInstanceUID] = buffer.getvalue()
     report = await aiodicom.export(
-        [str(tmp_path / "in"), extra],
+        [extras[0], str(tmp_path / "in"), extras[1], extras[2]],
         tmp_path / "out",
         template="{SOPInstanceUID}.dcm",
         workers=2,
+        concurrency=concurrency,
     )
     assert report.ok
-    assert report.written == 11
-    assert _written(tmp_path / "out") == {**expected, extra.SOPInstanceUID: buffer.getvalue()}
+    assert report.written == 13
+    assert _written(tmp_path / "out") == expected
 
 
 def test_the_mode_is_chosen_from_the_sources(tmp_path: Path) -> None:

@@ -345,6 +345,11 @@ async def run_export(
     await anyio.to_thread.run_sync(root.open_filesystem)
     run = Run(root, options, progress, tally, NameGate(names) if names is not None else None)
     run.positions = positions
+    # One item at a time, all of it blocking work, and the gate is this run's own
+    # (one task claims, in source order): one thread hop per item.
+    run.one_hop = (
+        options.concurrency == 1 and not root.awaits_uploads and not run.async_transform
+    )
     send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
     # Throughput first: encode in the worker threads, as a thread pool would; but
     # objects whose one request is awaited in the loop are encoded right there (a
@@ -581,10 +586,10 @@ class Run:
         self.look_first = (
             root.is_local and (options.skip_existing or options.dry_run) and self.transform is None
         )
-        # One item at a time, all of it blocking work: one thread hop per item.
-        self.one_hop = (
-            options.concurrency == 1 and not root.awaits_uploads and not self.async_transform
-        )
+        self.one_hop = False
+        """Whether :meth:`export_one` reads, names, claims and writes in one
+        thread hop (see :meth:`_export_in_one_hop`); only for a run whose gate
+        no other task claims from (set by :func:`run_export`)."""
 
     def finish(self) -> ExportReport:
         """The report; raises :class:`~aiodicom.DestinationError` (with it) if the
