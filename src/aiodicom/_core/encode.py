@@ -172,8 +172,12 @@ def prepare(
         # with enforce_file_format the elements it adds).  Plain meta as read from
         # a file is encoded without changing anything: a copy of its element
         # dictionary keeps the caller's elements as they are, for far less.
-        plain_meta = not enforce_file_format and _plain_meta(dataset.file_meta)
-        file_meta = _copy_meta(dataset.file_meta) if plain_meta else deepcopy(dataset.file_meta)
+        plain_meta = _plain_meta(dataset.file_meta)
+        if plain_meta:
+            # enforce_file_format sets elements' values: each one copied first
+            file_meta = _copy_meta(dataset.file_meta, elements=enforce_file_format)
+        else:
+            file_meta = deepcopy(dataset.file_meta)
 
     tsyntax: UID | None = file_meta.get("TransferSyntaxUID", None)
     encoding = _determine_encoding(dataset, tsyntax, implicit_vr, little_endian, force_encoding)
@@ -203,6 +207,9 @@ def prepare(
             file_meta.MediaStorageSOPInstanceUID = ds_instance
 
         validate_file_meta(file_meta, enforce_standard=True)
+        if plain_meta and "FileMetaInformationGroupLength" not in file_meta:
+            # as write_file_meta_info(enforce_standard=True) adds it, to set it
+            file_meta.FileMetaInformationGroupLength = 0
         if not preamble:
             preamble = b"\x00" * 128
 
@@ -290,12 +297,27 @@ def _plain_meta(file_meta: Any) -> bool:
     return True
 
 
-def _copy_meta(file_meta: FileMetaDataset) -> FileMetaDataset:
+def _copy_meta(file_meta: FileMetaDataset, *, elements: bool = False) -> FileMetaDataset:
     """A copy of plain `file_meta` (see :func:`_plain_meta`) whose element
-    dictionary is its own: reading an element converts it in the copy only."""
+    dictionary is its own: reading an element converts it in the copy only.
+    With `elements`, each ``DataElement`` is copied too (shallowly: values are
+    replaced, never changed in place), so that setting a value in the copy
+    leaves the caller's element alone (``enforce_file_format`` sets some)."""
     copy = FileMetaDataset.__new__(FileMetaDataset)
     copy.__dict__.update(file_meta.__dict__)
-    copy._dict = dict(file_meta._dict)
+    if elements:
+        copy._dict = {
+            tag: _copy_element(elem) if type(elem) is DataElement else elem
+            for tag, elem in file_meta._dict.items()
+        }
+    else:
+        copy._dict = dict(file_meta._dict)
+    return copy
+
+
+def _copy_element(elem: DataElement) -> DataElement:
+    copy = DataElement.__new__(DataElement)
+    copy.__dict__.update(elem.__dict__)
     return copy
 
 
