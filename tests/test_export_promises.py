@@ -652,3 +652,132 @@ async def test_one_item_at_a_time_runs_a_transform_in_source_order(tmp_path: Pat
     assert report.written == 6
     assert seen == list(range(6))
     assert all(pydicom.dcmread(p).PatientID == "ANON" for p in (tmp_path / "out").rglob("*.dcm"))
+
+
+async def test_one_item_at_a_time_gives_up_a_slow_second_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``skip_existing`` a local item is first read without its large
+    values (to name it), then again in full to be written; a cancel gives up
+    that second read at once too, and nothing is written."""
+    from aiodicom._export import run as run_module
+
+    folder = _source_folder(tmp_path / "in", 1)
+    real = run_module.read_source
+    second_reads: list[float] = []
+
+    def slow_second_read(source: Any, *, force: bool, defer_size: int | None = None) -> Any:
+        if defer_size != run_module.DEFER_SIZE:
+            second_reads.append(time.monotonic())
+            time.sleep(2.0)
+        return real(source, force=force, defer_size=defer_size)
+
+    monkeypatch.setattr(run_module, "read_source", slow_second_read)
+    started = time.monotonic()
+    with anyio.move_on_after(0.5):
+        await aiodicom.export(folder, tmp_path / "out", skip_existing=True, concurrency=1)
+    assert time.monotonic() - started < 1.5
+    assert second_reads  # the cancel came during the second read
+    await anyio.sleep(2.5)  # the abandoned read ends, and writes nothing
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("*.dcm")) == []
+
+
+def _broken_transform(ds: Dataset) -> Any:
+    if ds.InstanceNumber == 3:
+        raise ValueError("no")
+    if ds.InstanceNumber == 4:
+        return "not a dataset"
+    ds.PatientID = "ANON"
+    return ds
+
+
+_SCENARIOS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "suffix": {"on_conflict": "suffix"},
+    "skip_existing": {"skip_existing": True},
+    "exist_ok=False": {"exist_ok": False},
+    "dry_run": {"dry_run": True},
+    "dry_run skip_existing": {"dry_run": True, "skip_existing": True},
+    "verify": {"verify": True},
+    "transform": {"transform": _broken_transform},
+    "no checksum": {"checksum": None},
+    "memory": {"to": "memory"},
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
+async def test_one_item_at_a_time_ends_as_the_default_does(tmp_path: Path, scenario: str) -> None:
+    """Whatever the options, an export of one item at a time (one thread hop
+    per item) reports the same results and leaves the same files as the
+    default concurrency: failed reads, files that are not DICOM, a name taken
+    twice, files already there."""
+    import fsspec
+
+    options = dict(_SCENARIOS[scenario])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "00-broken.dcm").write_bytes(BROKEN_DICOM)
+    (folder / "01-junk.txt").write_bytes(b"junk")
+    for number in range(8):
+        ds = _slice(number, patient=f"P{number % 3}")
+        ds.InstanceNumber = number if number != 6 else 2  # 6 takes 2's name
+        ds.save_as(folder / f"{number + 2:02d}.dcm", enforce_file_format=True)
+    template = "{PatientID}/{InstanceNumber}.dcm"
+    to_memory = options.pop("to", None) == "memory"
+
+    async def run(concurrency: int) -> tuple[list[Any], dict[str, bytes]]:
+        if to_memory:
+            root = f"memory://one-at-a-time-{scenario}-{concurrency}"
+        else:
+            root = str(tmp_path / f"out{concurrency}")
+            # files already there: one to keep or skip, one to replace
+            (tmp_path / f"out{concurrency}" / "P1").mkdir(parents=True)
+            (tmp_path / f"out{concurrency}" / "P1" / "1.dcm").write_bytes(b"old")
+        report = await aiodicom.export(
+            folder, root, template=template, concurrency=concurrency, **options
+        )
+        results = sorted(
+            (
+                os.path.basename(r.source),
+                r.status,
+                None if r.destination is None else r.destination[len(root) :],
+                type(r.error).__name__ if r.error else None,
+                r.bytes,
+                r.checksum,
+            )
+            for r in report.items
+        )
+        if to_memory:
+            fs = fsspec.filesystem("memory")
+            base = root.removeprefix("memory://")
+            files = {p.split(base, 1)[1]: fs.cat_file(p) for p in fs.find(base)}
+        else:
+            files = {
+                str(p.relative_to(root)): p.read_bytes()
+                for p in Path(root).rglob("*")
+                if p.is_file()
+            }
+        return results, files
+
+    one, default = await run(1), await run(16)
+    assert one == default
+    assert any(status is Status.WRITTEN for _, status, *_ in one[0]) or "dry_run" in scenario
+
+
+async def test_one_item_at_a_time_stops_at_the_first_failure(tmp_path: Path) -> None:
+    """With ``fail_fast`` (or a raising progress callback), nothing after the
+    failing item starts: exactly the items before it are written."""
+    folder = _source_folder(tmp_path / "in", 6)
+    (folder / "002.dcm").write_bytes(BROKEN_DICOM)
+    report = await aiodicom.export(folder, tmp_path / "out", concurrency=1, fail_fast=True)
+    assert [r.status for r in report.items] == [Status.WRITTEN, Status.WRITTEN, Status.FAILED]
+    assert report.stopped_early
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2
+
+    def progress(now: aiodicom.ExportProgress) -> None:
+        if now.done == 4:
+            raise _CallbackError
+
+    with pytest.raises(_CallbackError):
+        await aiodicom.export(folder, tmp_path / "out2", concurrency=1, progress=progress)
+    assert len(list((tmp_path / "out2").rglob("*.dcm"))) == 3  # items 0, 1 and 3

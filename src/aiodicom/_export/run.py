@@ -347,9 +347,7 @@ async def run_export(
     run.positions = positions
     # One item at a time, all of it blocking work, and the gate is this run's own
     # (one task claims, in source order): one thread hop per item.
-    run.one_hop = (
-        options.concurrency == 1 and not root.awaits_uploads and not run.async_transform
-    )
+    run.one_hop = options.concurrency == 1 and not root.awaits_uploads and not run.async_transform
     send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
     # Throughput first: encode in the worker threads, as a thread pool would; but
     # objects whose one request is awaited in the loop are encoded right there (a
@@ -667,9 +665,10 @@ class Run:
         every earlier item is done).
 
         Cancellation keeps :meth:`export_one`'s promises.  The thread is
-        abandoned at once while it reads and names (it stops before claiming);
-        once it writes, the export waits for it: the write stops at its next
-        chunk and is rolled back, or it was committed and is counted.
+        abandoned at once while it reads and names, and while it reads a
+        deferred item again (it stops before writing); once it writes, the
+        export waits for it: the write stops at its next chunk and is rolled
+        back, or it was committed and is counted.
         """
         hop = _Hop()
 
@@ -681,9 +680,8 @@ class Run:
                 if hop.abandoned:
                     raise _Abandoned
                 answer = self.gate.claim_now(seq, outcome.name)
-                hop.writing = True
             try:
-                hop.result = self.write_blocking(outcome, answer, hop.check)
+                hop.result = self.write_blocking(outcome, answer, hop.check, hop.start_writing)
                 return hop.result
             finally:
                 hop.done.set()
@@ -735,11 +733,16 @@ class Run:
         return Named(source, None if deferred else dataset, name, start)
 
     def write_blocking(
-        self, named: Named, answer: str | BaseException, check: Callable[[], None]
+        self,
+        named: Named,
+        answer: str | BaseException,
+        check: Callable[[], None],
+        writing: Callable[[], None] | None = None,
     ) -> tuple[ItemResult, bool]:
         """The second half: write a named item under the name its claim got
         (`answer`; or the error that refused it).  `check` is called between
-        chunks and may raise to stop the write."""
+        chunks and may raise to stop the write; `writing`, if given, once the
+        dataset is read and just before anything is written (it may raise too)."""
         source, name = named.source, named.name
         written: list[CountingSink | CountingAsyncSink] = []
         try:
@@ -747,7 +750,7 @@ class Run:
                 raise answer
             name = answer
             status, count, reason, checksum = self._write_blocking(
-                source, named.dataset, name, check, written
+                source, named.dataset, name, check, written, writing
             )
             verified = False
             if self.options.verify and checksum is not None:
@@ -783,6 +786,7 @@ class Run:
         destination: str,
         check: Callable[[], None],
         written: list[CountingSink | CountingAsyncSink],
+        writing: Callable[[], None] | None = None,
     ) -> _Outcome:
         if self.dry_run:
             return self._planned(destination, self.root.exists)
@@ -790,6 +794,8 @@ class Run:
             dataset = self._read_if_new(source, destination)
             if dataset is None:
                 return Status.SKIPPED, 0, exists_error(destination), None
+        if writing is not None:
+            writing()
         sink = self._sink(destination)
         if not isinstance(sink, CountingSink):
             raise TypeError(f"{destination!r} needs an async sink: export it in the event loop")
@@ -1042,6 +1048,14 @@ class _Hop:
         self.writing = False
         self.done = threading.Event()
         self.result: tuple[ItemResult, bool] | None = None
+
+    def start_writing(self) -> None:
+        """Before anything is written: stop if the item was given up, else
+        from now on the loop waits for the thread."""
+        with self.lock:
+            if self.abandoned:
+                raise _Abandoned
+            self.writing = True
 
     def check(self) -> None:
         """Between the chunks of the write: stop it if the item was given up."""
