@@ -450,6 +450,8 @@ def _value_cases() -> list[tuple[int, str, Any]]:
             (tag, vr, ["A", "BC", ""]),
             (tag, vr, []),
             (tag, vr, ("A", "B")),
+            (tag, vr, np.array(["A", "BC"])),  # NumPy strings: not str, but joined
+            (tag, vr, np.array([], dtype=str)),
             (tag, vr, ["A", b"B"]),
             (tag, vr, b"AB"),
             (tag, vr, None),
@@ -466,6 +468,7 @@ def _value_cases() -> list[tuple[int, str, Any]]:
         (tag, "PN", [PersonName("A^B"), PersonName("C^D")]),
         (tag, "PN", [PersonName("A^B")]),  # pydicom fails on a list of one
         (tag, "PN", "Doe^John"),
+        (tag, "PN", np.array(["A^B", "C^D"])),
         (tag, "DS", DSfloat("1.50")),  # its original string
         (tag, "DS", DSfloat(0.7)),
         (tag, "DS", DSfloat(1 / 3, auto_format=True)),

@@ -547,8 +547,8 @@ def _value_element(
     multi = _is_multi_value(value)
     out: bytes
     if vr in _PADDED_STRINGS:
-        if multi:
-            if not value or not all(type(v) in _STR_TYPES for v in value):
+        if multi:  # a list, a MultiValue, a tuple, a NumPy array
+            if len(value) == 0 or not all(type(v) in _STR_TYPES for v in value):
                 return None
             text = "\\".join(value)
         elif type(value) in _STR_TYPES and value:
@@ -578,7 +578,7 @@ def _value_element(
         # the numbers pydicom converts DS and IS values to (not iterable: one
         # value), or a list of them
         if multi:
-            if not value or not all(isinstance(v, _NUMBER_TYPES) for v in value):
+            if len(value) == 0 or not all(isinstance(v, _NUMBER_TYPES) for v in value):
                 return None
             text = "\\".join(
                 v.original_string if hasattr(v, "original_string") else str(v) for v in value
@@ -598,7 +598,7 @@ def _value_element(
             if type(value) is int or type(value) is float:
                 out = pack.pack(value)
             elif type(value) is MultiValue or type(value) is list:
-                if not value or (vr == "SS" and elem.tag in _LUT_DESCRIPTOR_TAGS):
+                if len(value) == 0 or (vr == "SS" and elem.tag in _LUT_DESCRIPTOR_TAGS):
                     return None
                 if not all(type(v) is int or type(v) is float for v in value):
                     return None
