@@ -201,6 +201,32 @@ async def test_a_link_inside_the_root_cannot_lead_items_out(tmp_path: Path, work
     assert list(outside.iterdir()) == []
 
 
+async def test_a_link_that_appears_during_the_export_cannot_lead_items_out(
+    tmp_path: Path,
+) -> None:
+    """A folder of the destination replaced by a link to elsewhere while the
+    export runs: the items after it fail, nothing goes through the link."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    sources = _source_folder(tmp_path / "in", 6)
+
+    def progress(now: aiodicom.ExportProgress) -> None:
+        if now.done == 2:
+            (out / "P").rename(tmp_path / "moved")
+            (out / "P").symlink_to(outside, target_is_directory=True)
+
+    report = await aiodicom.export(
+        sources,
+        out,
+        template="{PatientID}/{SOPInstanceUID}.dcm",
+        concurrency=1,
+        progress=progress,
+    )
+    assert list(outside.iterdir()) == []
+    assert [r.status for r in report.items] == [Status.WRITTEN] * 2 + [Status.FAILED] * 4
+    assert all(isinstance(i.error, NamingError) for i in report.failures)
+
+
 # --- item 14: cancellation is not held up by slow sources ------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -208,12 +209,16 @@ class Root:
         if self._real_root is None:
             self._real_root = os.path.realpath(self.location)
         real_root = self._real_root
-        real = os.path.realpath(joined)
-        if os.path.commonpath([real_root, real]) != real_root:
-            raise NamingError(
-                f"{relative!r} would leave the destination {self.location!r} through a "
-                f"symbolic link (it resolves to {real!r})"
-            )
+        # realpath(joined) is the real root and the rest, unless a part below
+        # the root is a link: look at those parts only (checked on every call: a
+        # link may appear while the export runs)
+        if _link_below(self.location, joined):
+            real = os.path.realpath(joined)
+            if os.path.commonpath([real_root, real]) != real_root:
+                raise NamingError(
+                    f"{relative!r} would leave the destination {self.location!r} through a "
+                    f"symbolic link (it resolves to {real!r})"
+                )
         return joined
 
     def make_parent(self, destination: str) -> None:
@@ -548,3 +553,22 @@ def _kept_checksum(fs: Any, path: str, algorithm: str) -> str | None:
         value = info.get(key) if key else None
         return str(value) if value else None
     return None
+
+
+def _link_below(root: str, path: str) -> bool:
+    """Whether a part of `path` below `root` (a folder it is in) is a symbolic
+    link, or cannot be looked at (then the caller resolves the whole path)."""
+    current = root
+    for part in path[len(root) :].split(os.sep):
+        if not part:
+            continue
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return False  # the rest is created by this export, as folders
+        except OSError:
+            return True
+        if stat.S_ISLNK(mode):
+            return True
+    return False

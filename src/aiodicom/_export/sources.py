@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 
 import anyio.to_thread
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -53,6 +54,9 @@ _FIRST_GROUPS: Final = frozenset({b"\x02\x00", b"\x04\x00", b"\x08\x00", b"\x00\
 (file meta), 0004 (DICOMDIR) or 0008 (every instance has SOP Class UID),
 little or big endian."""
 MEDIA_STORAGE_DIRECTORY: Final = "1.2.840.10008.1.3.10"
+_DIRECTORY_CLASS: Final = MEDIA_STORAGE_DIRECTORY.encode()
+_DIRECTORY_RECORDS: Final = 0x00041220  # (0004,1220) Directory Record Sequence
+_MEDIA_STORAGE_SOP_CLASS: Final = 0x00020002
 """The Media Storage SOP Class of a DICOMDIR (a file-set directory)."""
 
 Kind = Literal["dataset", "path", "url", "file", "error", "skipped"]
@@ -478,9 +482,19 @@ def _read_checked(read: Any, head: Any, force: bool) -> Dataset:
 
 
 def _is_dicomdir(dataset: Dataset) -> bool:
+    if _DIRECTORY_RECORDS in dataset._dict:  # "DirectoryRecordSequence" in dataset
+        return True
     meta = getattr(dataset, "file_meta", None)
-    sop_class = meta.get("MediaStorageSOPClassUID", None) if meta is not None else None
-    return sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in dataset
+    if meta is None:
+        return False
+    raw = getattr(meta, "_dict", {}).get(_MEDIA_STORAGE_SOP_CLASS)
+    if (
+        type(raw) is RawDataElement
+        and isinstance(raw.value, bytes)
+        and _DIRECTORY_CLASS not in raw.value
+    ):
+        return False  # no need to convert it: it cannot be that UID
+    return bool(meta.get("MediaStorageSOPClassUID", None) == MEDIA_STORAGE_DIRECTORY)
 
 
 def source_name(source: Source) -> str | None:
