@@ -5,7 +5,8 @@ written as files to a source folder.  Each method then reads every file with
 ``pydicom.dcmread`` and writes it, named ``{SOPInstanceUID}.dcm``:
 
 * ``pydicom-loop``: a plain sequential ``pydicom.dcmread`` + ``pydicom.dcmwrite`` loop;
-* ``pydicom-threads16``: the same function in a ``ThreadPoolExecutor(16)``;
+* ``pydicom-threads16``: a function that reads and writes one file, in a
+  ``ThreadPoolExecutor(16)``;
 * ``pydicom-processes``: the same function in a ``ProcessPoolExecutor(cpu_count)``
   (local folder only);
 * ``aiodicom-cli``: ``aiodicom export SRC DST --template {SOPInstanceUID}.dcm -q``
@@ -17,8 +18,14 @@ written as files to a source folder.  Each method then reads every file with
 Destinations: a local folder, and a bucket on a local S3 server (SeaweedFS when
 ``tests/servers.py install`` has installed it, moto otherwise; the pydicom
 baselines write into a BytesIO, then s3fs ``pipe_file``).  Two more cases:
-``--large`` (1 GiB multi-frame instances, folder to folder, against ``cp``) and
-``--many`` (100,000 small items: RSS at item 10,000 and at the end).
+``--large`` (1 GiB multi-frame instances, folder to folder, against ``cp``),
+``--many`` (100,000 small items: RSS at item 10,000 and at the end), and the
+per-item overhead of one item at a time against the loop with sources and
+destination on tmpfs ("overhead", medians of five rounds or more: on disk the
+writeback moves a run by half from one round to the next).
+
+The sequential loop is written inline, as a user writes it; the pools call a
+function per file, as they must.
 
 Every method runs in its own fresh Python process, so its time and peak memory are
 its own: the time starts once the method's modules are imported, for every method;
@@ -170,25 +177,38 @@ def _children_peak() -> int:
 
 def child(args: argparse.Namespace) -> None:
     """Run one method once; print a JSON line with seconds and memory."""
-    import pydicom  # noqa: F401  (imports before the baseline RSS)
+    import pydicom  # imported before the baseline RSS, for every method
 
     options = json.loads(args.storage_options) if args.storage_options else None
     sources = sorted(str(p) for p in Path(args.src).iterdir())
-    if args.method not in OURS:
+    if options:
+        import s3fs
+    # imports and clients are not timed, for any method
+    if args.method == "pydicom-loop":
+        fs = s3fs.S3FileSystem(**options) if options else None
+    elif args.method not in OURS:
         one = _pydicom_s3(args.dst, options) if options else _pydicom_local(args.dst)
     else:
-        # imports are not timed, for any method (the baselines' pydicom and s3fs
-        # are imported above too)
         from aiodicom.cli import main as cli
-
-        if options:
-            import s3fs  # noqa: F401
 
     base = rss()
     start = time.perf_counter()
     if args.method == "pydicom-loop":
-        for path in sources:
-            one(path)
+        # the loop as a user writes it: inline, the last dataset alive until the
+        # next one is read.  (A function per item, as the pools need, made this
+        # loop a third slower here: each return freed all its memory, glibc gave
+        # the top of the heap back to the system, and the next item faulted it
+        # in again.)
+        if fs is not None:
+            for path in sources:
+                ds = pydicom.dcmread(path)
+                buffer = io.BytesIO()
+                pydicom.dcmwrite(buffer, ds)
+                fs.pipe_file(_destination(args.dst, ds), buffer.getvalue())
+        else:
+            for path in sources:
+                ds = pydicom.dcmread(path)
+                pydicom.dcmwrite(_destination(args.dst, ds), ds)
     elif args.method == "pydicom-threads16":
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(one, sources))
@@ -299,6 +319,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["large"] = _large(args, work)
         if args.many and args.only is None:
             results["many"] = _many(args, work)
+        if args.only in (None, "local"):
+            overhead = _overhead(args)
+            if overhead is not None:
+                results["overhead"] = overhead
         _print_table(results)
         return results
     finally:
@@ -358,6 +382,54 @@ def _suite(
             out["aiodicom-one-by-one"]["seconds"] / out["pydicom-loop"]["seconds"], 2
         )
     return out
+
+
+# ------------------------------------------- per-item overhead, without the disk
+
+OVERHEAD_METHODS = ("pydicom-loop", "aiodicom-one-by-one")
+OVERHEAD_ROUNDS = 5
+
+
+def _overhead(args: argparse.Namespace) -> dict[str, Any] | None:
+    """One item at a time against the loop, sources and destination in memory
+    (tmpfs): the disk's writeback makes a run on disk vary by half from one round
+    to the next, which hides a per-item overhead of some tens of microseconds.
+    Medians of at least five alternating rounds; ``None`` without ``/dev/shm``."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shutil.disk_usage(shm).free < 3 * args.count * MiB:
+        return None
+    work = Path(tempfile.mkdtemp(prefix="bench-export-overhead-", dir=shm))
+    try:
+        src = work / "src"
+        src.mkdir()
+        make_sources(src, args.count)
+        rounds = max(args.rounds, OVERHEAD_ROUNDS)
+        seconds: dict[str, list[float]] = {m: [] for m in OVERHEAD_METHODS}
+        for r in range(rounds):
+            order = OVERHEAD_METHODS[r % 2 :] + OVERHEAD_METHODS[: r % 2]
+            for method in order:
+                dst, check = _fresh_destination(work, method, None)
+                result = _run_child(method, src, dst, args, None)
+                if not check(args.count):
+                    raise RuntimeError(f"{method} wrote other bytes than pydicom")
+                seconds[method].append(result["seconds"])
+                print(f"  tmpfs {method}: {result['seconds']:.3f} s", flush=True)
+                shutil.rmtree(dst)
+        median = {m: statistics.median(v) for m, v in seconds.items()}
+        return {
+            "where": "tmpfs",
+            "rounds": rounds,
+            "median_seconds": {m: round(v, 3) for m, v in median.items()},
+            "all_seconds": {m: [round(x, 3) for x in v] for m, v in seconds.items()},
+            "microseconds_per_item": {
+                m: round(v / args.count * 1e6, 1) for m, v in median.items()
+            },
+            "one_by_one_time_vs_loop": round(
+                median["aiodicom-one-by-one"] / median["pydicom-loop"], 2
+            ),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ----------------------------------------------------------- large instances vs cp
@@ -600,6 +672,8 @@ def _print_table(results: dict[str, Any]) -> None:
         print(f"large: {results['large']}")
     if "many" in results:
         print(f"many: {results['many']}")
+    if "overhead" in results:
+        print(f"overhead (tmpfs): {results['overhead']['microseconds_per_item']} µs per item")
 
 
 def main(argv: list[str] | None = None) -> int:
