@@ -326,9 +326,9 @@ def _encode_plain_meta(file_meta: FileMetaDataset) -> bytes:
     for plain `file_meta` (see :func:`_plain_meta`), without changing it: the
     elements in tag order, then the group length set to the length after it."""
     parts = []
-    for tag in sorted(file_meta._dict):
-        with tag_in_exception(BaseTag(tag)):
-            elem: DataElement | RawDataElement = file_meta.get_item(BaseTag(tag))
+    for tag in sorted(file_meta._dict, key=int):
+        try:  # tag_in_exception, entered only on an error
+            elem: DataElement | RawDataElement = file_meta.get_item(tag)
             if type(elem) is RawDataElement:
                 encoded = _raw_element(elem, False, True)
             else:
@@ -338,6 +338,9 @@ def _encode_plain_meta(file_meta: FileMetaDataset) -> bytes:
                 write_data_element(buffer, elem, default_encoding)
                 encoded = buffer.getvalue()
             parts.append(encoded)
+        except Exception:
+            with tag_in_exception(BaseTag(tag)):
+                raise
     out = b"".join(parts)
     if _GROUP_LENGTH in file_meta._dict:
         # pydicom sets the value to the length after this 12-byte element and
@@ -400,7 +403,7 @@ def _encode_dataset(
     for tag in sorted(dataset.keys(), key=int):  # BaseTag compares in Python
         if tag.element == 0 and tag.group > 6:
             continue
-        with tag_in_exception(tag):
+        try:  # tag_in_exception(tag), entered only on an error (it costs per element)
             raw = dataset._dict.get(tag)
             if read_deferred is not None and get_item == dataset.get_item:
                 stream = _stream_deferred(dataset, raw, implicit_vr, little_endian, read_deferred)
@@ -449,6 +452,10 @@ def _encode_dataset(
                 yield buffer.getvalue()
                 buffer = _new_buffer(encoding)
             yield from passthrough
+        except Exception:
+            with tag_in_exception(tag):
+                raise
+
     if buffer.tell():
         yield buffer.getvalue()
 
