@@ -10,7 +10,8 @@ staged for a blob that exists stay invisible until the service drops them (at th
 blob's next commit, or after a week).  The Azure SDK retries each request itself;
 ours are on top.
 
-Checksums: Azure checks MD5 only.  Every staged block carries its ``Content-MD5``
+Checksums: MD5, the one checksum both Azure and the Azurite of the tests check
+(Azure's CRC64 is refused by Azurite 3.35).  Every staged block carries its ``Content-MD5``
 (transactional: the service refuses a block whose bytes differ) and Put Blob the
 whole blob's; these MD5s are computed whatever checksum the user chose for the
 report, unless checksums are off.  With ``checksum="md5"`` Put Block List also
