@@ -807,3 +807,42 @@ async def test_one_item_at_a_time_stops_at_the_first_failure(tmp_path: Path) -> 
     with pytest.raises(_CallbackError):
         await aiodicom.export(folder, tmp_path / "out2", concurrency=1, progress=progress)
     assert len(list((tmp_path / "out2").rglob("*.dcm"))) == 3  # items 0, 1 and 3
+
+
+async def test_a_folder_removed_during_the_export_is_made_again(tmp_path: Path) -> None:
+    """The export makes the folders it needs for every item, not only the first
+    time: one removed while it runs comes back, and the items after it are
+    written (a file put in its place fails them at the destination)."""
+    import shutil as _shutil
+
+    out = tmp_path / "out"
+    sources = _source_folder(tmp_path / "in", 6)
+
+    def progress(now: aiodicom.ExportProgress) -> None:
+        if now.done == 2:
+            _shutil.rmtree(out / "P")
+
+    report = await aiodicom.export(
+        sources,
+        out,
+        template="{PatientID}/{InstanceNumber}.dcm",
+        concurrency=1,
+        progress=progress,
+    )
+    assert report.written == 6
+    assert sorted(p.name for p in (out / "P").iterdir()) == [f"{n}.dcm" for n in range(2, 6)]
+
+    def blocked(now: aiodicom.ExportProgress) -> None:
+        if now.done == 2:
+            _shutil.rmtree(out / "P")
+            (out / "P").write_bytes(b"not a folder")
+
+    report = await aiodicom.export(
+        sources,
+        out,
+        template="{PatientID}/{InstanceNumber}.dcm",
+        concurrency=1,
+        progress=blocked,
+    )
+    assert [r.status for r in report.items] == [Status.WRITTEN] * 2 + [Status.FAILED] * 4
+    assert all(isinstance(r.error, OSError) for r in report.failures)

@@ -231,6 +231,15 @@ class Root:
         if not self.is_local:
             return
         folder = os.path.dirname(destination)
+        if folder in self._swept:
+            # made (or found) before: one mkdir says it is still there
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                return
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+            return
         os.makedirs(folder, exist_ok=True)
         if folder not in self._swept:
             self._swept.add(folder)

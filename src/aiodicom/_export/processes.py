@@ -165,7 +165,8 @@ class _BlockingWorker:
 
     def _serve(self) -> None:
         storage = self.options.source_storage_options
-        ahead: deque[tuple[int, Named]] = deque()  # named, claim sent, answer awaited
+        # named, claim sent, answer awaited; with the size its file counts for
+        ahead: deque[tuple[int, Named, int]] = deque()
         ahead_bytes = 0
         try:
             while not self.stopped:
@@ -188,8 +189,9 @@ class _BlockingWorker:
                         self.flush()  # unnamed: the parent may be waiting for it
                         continue
                     self.claims.append((seq, outcome.name))
-                    ahead.append((seq, outcome))
-                    ahead_bytes += _size(kind, label)
+                    size = _size(kind, label)
+                    ahead.append((seq, outcome, size))
+                    ahead_bytes += size
                 self._send_claims()
                 if self.stopped:
                     break
@@ -201,8 +203,8 @@ class _BlockingWorker:
                     self.flush()
                     self._handle(self._receive())
                     continue
-                seq, named = ahead.popleft()
-                ahead_bytes -= _size(named.source.kind, named.source.label)
+                seq, named, size = ahead.popleft()
+                ahead_bytes -= size
                 try:
                     answer = self._answer(seq)
                     result, there = self.run.write_blocking(named, answer, self._check)

@@ -331,11 +331,12 @@ def _walk(top: str, selection: Selection = _EVERYTHING) -> Iterator[Source]:
                 continue
             kept.append(name)
         subfolders[:] = kept
+        picky = bool(selection.include or selection.exclude)
         for name in sorted(files):
             if name.endswith(TEMP_SUFFIX):
                 continue
             full = os.path.join(folder, name)
-            if not selection.wants(_relative(full, top)):
+            if picky and not selection.wants(_relative(full, top)):
                 continue
             if name.startswith("."):
                 yield Source(full, "skipped", _hidden("file"))
