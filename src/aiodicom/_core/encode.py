@@ -418,22 +418,18 @@ def _encode_dataset(
                     elem = get_item(tag)
             else:
                 elem = get_item(tag)
+            # small elements the core frames itself, else None
+            encoded = None
             if type(elem) is RawDataElement:
                 encoded = _raw_element(elem, implicit_vr, little_endian)
-                if encoded is not None:
-                    buffer.write(encoded)
-                    if buffer.tell() >= CHUNK_SIZE:
-                        yield buffer.getvalue()
-                        buffer = _new_buffer(encoding)
-                    continue
-            if plain and type(elem) is DataElement:
+            elif plain and type(elem) is DataElement:
                 encoded = _value_element(elem, implicit_vr, little_endian, encodings)
-                if encoded is not None:
-                    buffer.write(encoded)
-                    if buffer.tell() >= CHUNK_SIZE:
-                        yield buffer.getvalue()
-                        buffer = _new_buffer(encoding)
-                    continue
+            if encoded is not None:
+                buffer.write(encoded)
+                if buffer.tell() >= CHUNK_SIZE:
+                    yield buffer.getvalue()
+                    buffer = _new_buffer(encoding)
+                continue
             passthrough = _passthrough(elem, implicit_vr, little_endian)
             if passthrough is None:
                 # pydicom reads any buffered value in it (nested in a sequence,

@@ -241,9 +241,8 @@ class Root:
                 os.makedirs(folder, exist_ok=True)
             return
         os.makedirs(folder, exist_ok=True)
-        if folder not in self._swept:
-            self._swept.add(folder)
-            remove_stale_temporary_files(folder)
+        self._swept.add(folder)
+        remove_stale_temporary_files(folder)
 
     def exists(self, destination: str) -> bool:
         """Whether `destination` exists now (blocking; ``False`` for a callable

@@ -54,10 +54,10 @@ _FIRST_GROUPS: Final = frozenset({b"\x02\x00", b"\x04\x00", b"\x08\x00", b"\x00\
 (file meta), 0004 (DICOMDIR) or 0008 (every instance has SOP Class UID),
 little or big endian."""
 MEDIA_STORAGE_DIRECTORY: Final = "1.2.840.10008.1.3.10"
+"""The Media Storage SOP Class of a DICOMDIR (a file-set directory)."""
 _DIRECTORY_CLASS: Final = MEDIA_STORAGE_DIRECTORY.encode()
 _DIRECTORY_RECORDS: Final = 0x00041220  # (0004,1220) Directory Record Sequence
 _MEDIA_STORAGE_SOP_CLASS: Final = 0x00020002
-"""The Media Storage SOP Class of a DICOMDIR (a file-set directory)."""
 
 Kind = Literal["dataset", "path", "url", "file", "error", "skipped"]
 
