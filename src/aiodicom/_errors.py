@@ -180,7 +180,8 @@ class ChecksumMismatchError(OSError):
     """The bytes a store received differ from the bytes aiodicom checksummed.
 
     Raised when a store rejects a write because the checksum aiodicom sent does not
-    match what it received (S3 ``BadDigest``, Azure ``Md5Mismatch``, GCS ``400``),
+    match what it received (S3 ``BadDigest``, Azure ``Crc64Mismatch`` /
+    ``Md5Mismatch``, GCS ``400``),
     or when aiodicom finds the mismatch itself (a store's reported checksum, or
     ``export(verify=True)``).  Nothing was published: the write was aborted like
     any other failed write, and an existing object keeps its old content.
@@ -197,9 +198,11 @@ class ChecksumMismatchError(OSError):
     destination : str
         Where the write went.
     algorithm : str
-        ``"crc32c"``, ``"sha256"`` or ``"md5"``.
+        ``"crc32c"``, ``"sha256"`` or ``"md5"``, or ``"crc64nvme"`` (the CRC-64 that
+        Azure checks on every request, whatever the reported checksum).
     expected : str
-        aiodicom's checksum of what it sent (base64, as the store's APIs use).
+        aiodicom's checksum of what it sent (base64, as the store's APIs use; Azure's
+        CRC-64 in the byte order of its ``x-ms-content-crc64`` header).
     actual : str or None
         The store's checksum of what it received, when it said (base64).
     part : int or None

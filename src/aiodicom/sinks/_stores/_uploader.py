@@ -30,9 +30,10 @@ and no worker thread.
   ``bytes`` object handed to the HTTP client is then copied from that buffer, so
   what the store checks against our checksum includes that copy.  The store
   sends what it can check: per part (S3 ``x-amz-checksum-*`` / ``Content-MD5``,
-  Azure ``Content-MD5``) and for the whole object (S3 full-object CRC32C or
-  composite SHA-256 at completion, GCS ``crc32c`` / ``md5Hash``, Azure's blob MD5
-  with ``checksum="md5"``).  A store that finds a mismatch
+  Azure ``x-ms-content-crc64``, or ``Content-MD5`` without ``anycrc``) and for
+  the whole object (S3 full-object CRC32C or composite SHA-256 at completion, GCS
+  ``crc32c`` / ``md5Hash``, Azure's blob MD5 with ``checksum="md5"``).  A store
+  that finds a mismatch
   rejects the request; the store adapter raises
   :class:`~aiodicom.ChecksumMismatchError`, which is never retried, and the
   driver aborts the upload as for any other failure.
@@ -54,7 +55,7 @@ import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 
-from ..._checksum import Algorithm, Checksum
+from ..._checksum import Algorithm, Checksum, StoreAlgorithm
 from ..._core.rules import Chunk
 from ..._errors import ChecksumMismatchError, RetryableError, exists_error
 from ..._retry import RetryPolicy
@@ -143,7 +144,7 @@ class Store(Protocol):
 
     def checksums(
         self, algorithm: Algorithm | None
-    ) -> tuple[Algorithm | None, tuple[Algorithm, ...]]:
+    ) -> tuple[StoreAlgorithm | None, tuple[Algorithm, ...]]:
         """The algorithms sent for the user's `algorithm` (``None``: none at all):
         one per part (or ``None``) and those of the whole object."""
 

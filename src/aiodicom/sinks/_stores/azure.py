@@ -10,27 +10,31 @@ staged for a blob that exists stay invisible until the service drops them (at th
 blob's next commit, or after a week).  The Azure SDK retries each request itself;
 ours are on top.
 
-Checksums: MD5, the one checksum both Azure and the Azurite of the tests check
-(Azure's CRC64 is refused by Azurite 3.35).  Every staged block carries its ``Content-MD5``
-(transactional: the service refuses a block whose bytes differ) and Put Blob the
-whole blob's; these MD5s are computed whatever checksum the user chose for the
+Checksums: every staged block and every Put Blob carries a transactional
+checksum that the service verifies (it refuses a request whose bytes differ):
+CRC-64 (``x-ms-content-crc64``, ``400 Crc64Mismatch``), computed with ``anycrc``
+at several GB/s, or, where ``anycrc`` is not installed, ``Content-MD5``
+(``400 Md5Mismatch``).  It is computed whatever checksum the user chose for the
 report, unless checksums are off.  With ``checksum="md5"`` Put Block List also
 stores the whole blob's MD5 (the reported checksum) as the blob's ``Content-MD5``
 property; the service does not check it there (the blocks were checked), so with
-another checksum no second MD5 of the whole blob is computed for it, and a blob
-written in several blocks has no ``Content-MD5`` property (one written in one
-request has it: the service keeps the MD5 of a Put Blob).
+another checksum no MD5 of the whole blob is computed for it, and a blob written
+in several blocks has no ``Content-MD5`` property (one written in one request has
+it: the service computes and keeps the MD5 of a Put Blob).  Azurite checks
+CRC-64 from 3.37 (Node.js 22); older ones refuse the header.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
+import re
 import uuid
 from typing import Any, Final
 
-from ..._checksum import Algorithm
+from ..._checksum import Algorithm, Checksum, StoreAlgorithm, crc64nvme_available
 from ..._errors import ChecksumMismatchError, exists_error
 from ._uploader import Checksums, Options, StoreBase
 
@@ -78,10 +82,12 @@ class AzureStore(StoreBase):
 
     def checksums(
         self, algorithm: Algorithm | None
-    ) -> tuple[Algorithm | None, tuple[Algorithm, ...]]:
+    ) -> tuple[StoreAlgorithm | None, tuple[Algorithm, ...]]:
         # the blob's MD5 only where it is the reported checksum: nothing checks
-        # it at Put Block List, and it would cost a second MD5 pass over the data
-        return (None, ()) if algorithm is None else ("md5", ("md5",) if algorithm == "md5" else ())
+        # it at Put Block List, and it would cost an MD5 pass over the data
+        if algorithm is None:
+            return None, ()
+        return _transactional_algorithm(), ("md5",) if algorithm == "md5" else ()
 
     async def put(self, data: bytes, exclusive: bool, whole: Checksums) -> None:
         limit = getattr(getattr(self._client, "_config", None), "max_single_put_size", None)
@@ -93,10 +99,13 @@ class AzureStore(StoreBase):
                 await asyncio.shield(self._cancel_quietly())
                 raise
             return
-        md5 = {"transactional_content_md5": whole["md5"].digest()} if "md5" in whole else {}
         try:
             await self._client.upload_blob(
-                data, overwrite=not exclusive, length=len(data), **self._settings(), **md5
+                data,
+                overwrite=not exclusive,
+                length=len(data),
+                **self._settings(),
+                **_transactional(whole),
             )
         except Exception as exc:
             self._raise_mismatch(exc, whole)
@@ -107,9 +116,10 @@ class AzureStore(StoreBase):
 
     async def upload_part(self, number: int, offset: int, data: bytes, sums: Checksums) -> Any:
         block_id = self._block_id(number)
-        md5 = {"transactional_content_md5": sums["md5"].digest()} if "md5" in sums else {}
         try:
-            headers = await self._client.stage_block(block_id, data, length=len(data), **md5)
+            headers = await self._client.stage_block(
+                block_id, data, length=len(data), **_transactional(sums)
+            )
         except Exception as exc:
             self._raise_mismatch(exc, sums, part=number)
             raise
@@ -168,10 +178,12 @@ class AzureStore(StoreBase):
             await self.cancel()
 
     def _raise_mismatch(self, exc: Exception, sums: Checksums, part: int | None = None) -> None:
-        """Raise the :class:`~aiodicom.ChecksumMismatchError` that `exc` means: Azure's
-        ``400 Md5Mismatch`` (Azurite: ``InvalidOperation``, "Provided contentMD5
-        doesn't match.")."""
-        if "md5" not in sums or getattr(exc, "status_code", None) != 400:
+        """Raise the :class:`~aiodicom.ChecksumMismatchError` that `exc` means:
+        Azure's ``400 Crc64Mismatch`` or ``400 Md5Mismatch`` for the checksum
+        :func:`_transactional` sent (Azurite before 3.37: ``InvalidOperation``,
+        "Provided contentMD5 doesn't match.")."""
+        sent = _sent(sums)
+        if sent is None or getattr(exc, "status_code", None) != 400:
             return
         code = _error_code(exc) or ""
         text = str(getattr(exc, "message", "") or exc).lower()
@@ -179,9 +191,10 @@ class AzureStore(StoreBase):
             return
         raise ChecksumMismatchError(
             self.url,
-            "md5",
-            sums["md5"].b64,
+            sent.algorithm,
+            base64.b64encode(_wire(sent)).decode("ascii"),
             part=part,
+            actual=_server_value(exc, sent.algorithm),
             detail=f"{code or type(exc).__name__}: {str(exc).splitlines()[0]}",
         ) from exc
 
@@ -241,6 +254,40 @@ def _short(exc: BaseException) -> str:
     first = lines[0] if lines else type(exc).__name__
     code = _error_code(exc)
     return f"{first} ({code})" if code else first
+
+
+def _transactional_algorithm() -> StoreAlgorithm:
+    """The checksum each request carries: CRC-64 where ``anycrc`` computes it."""
+    return "crc64nvme" if crc64nvme_available() else "md5"
+
+
+def _sent(sums: Checksums) -> Checksum | None:
+    """The checksum of `sums` that a request carries (CRC-64 first: a request
+    with both would be refused)."""
+    return sums.get("crc64nvme") or sums.get("md5")
+
+
+def _wire(checksum: Checksum) -> bytes:
+    """`checksum` as Azure's header carries it (CRC-64: little-endian)."""
+    digest = checksum.digest()
+    return digest[::-1] if checksum.algorithm == "crc64nvme" else digest
+
+
+def _transactional(sums: Checksums) -> dict[str, bytes]:
+    """The SDK keyword that sends the request's checksum, for the service to check."""
+    sent = _sent(sums)
+    if sent is None:
+        return {}
+    name = "crc64" if sent.algorithm == "crc64nvme" else "md5"
+    return {f"transactional_content_{name}": _wire(sent)}
+
+
+def _server_value(exc: BaseException, algorithm: str) -> str | None:
+    """The checksum the service computed, where its error says it (Azure's
+    ``servercalculatedcrc64`` / ``servercalculatedmd5`` detail)."""
+    name = "crc64" if algorithm == "crc64nvme" else "md5"
+    found = re.search(rf"servercalculated{name}:\s*(\S+)", str(exc), re.IGNORECASE)
+    return found.group(1) if found else None
 
 
 def _error_code(exc: BaseException) -> str | None:
