@@ -1,12 +1,15 @@
 """What integrity costs: a 1 GiB streamed upload with and without checksums.
 
 * One multi-frame CT of ``--big-mib`` MiB (1 GiB by default) is uploaded with
-  ``FsspecFile(..., checksum=X)`` for X in none, crc32c (the default) and, with
-  ``--all-algorithms``, sha256 and md5: to SeaweedFS (S3, which checks the
-  checksums) and, with ``--stores s3,az``, to Azurite (a CRC-64 per block and per
-  Put Blob, whatever X, which Azurite 3.37 checks;
-  ``--az-mib``, 256 MiB by default, as Azurite keeps everything in memory).
-  Alternating rounds, medians; the overhead is relative to ``checksum=None``.
+  ``FsspecFile(..., checksum=X)`` for X in none, crc32c (the default), sha256 and
+  md5 (``--no-all-algorithms``: none and crc32c) to each of ``--stores``:
+  SeaweedFS (S3, which checks the checksums), Azurite 3.37 (a CRC-64 per block
+  and per Put Blob, whatever X, which it checks; ``--az-mib``, 256 MiB by
+  default, as Azurite keeps everything in memory; plus the default with an MD5
+  per block instead, as without anycrc) and fake-gcs-server (GCS: CRC32C, or
+  MD5 with md5, on the final request; this server checks none, so it measures
+  the client's side only).  Alternating rounds, medians; the overhead is
+  relative to ``checksum=None``.
 * Memory: peak Python allocations above the start (tracemalloc, every thread; one
   extra, untimed upload per algorithm) and peak RSS above the start during the
   timed uploads (sampled every 5 ms; noisy by a part or two, as freed memory is
@@ -14,8 +17,8 @@
   anyway, so the peak must not move.
 * CPU time, next to wall time: the uploading process's (``time.process_time``:
   every thread of this process, so encoding, hashing and the HTTP client) and the
-  store server's (its processes' user + system time from ``/proc``: SeaweedFS or
-  Azurite run on the same machine, and Azurite checks every block's MD5 itself).
+  store server's (its processes' user + system time from ``/proc``: the servers
+  run on the same machine, and Azurite computes a checksum of every block itself).
   On a real store the server's share is not on the user's cores; the client's is.
 * The bare cost: :class:`aiodicom.Checksum` over the same bytes, in 8 MiB parts.
 
@@ -65,15 +68,24 @@ MD5_BLOCKS = "crc32c-md5-blocks"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the multi-frame")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--stores", default="s3", help="comma-separated: s3 (SeaweedFS), az")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--stores",
+        default="s3,az,gs",
+        help="comma-separated: s3 (SeaweedFS), az (Azurite), gs (fake-gcs-server)",
+    )
     parser.add_argument(
         "--az-mib",
         type=int,
         default=256,
         help="object size for Azurite, which keeps every byte in memory (12 GB at most)",
     )
-    parser.add_argument("--all-algorithms", action="store_true", help="also sha256 and md5")
+    parser.add_argument(
+        "--all-algorithms",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also sha256 and md5 (the docs show them)",
+    )
     parser.add_argument("--part-mib", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
@@ -157,12 +169,20 @@ def _one_store(
     """Upload `big` once per algorithm and round to a fresh server of `store`."""
     import fsspec
 
-    server = servers.seaweedfs_server() if store == "s3" else servers.azure_server()
+    server = {
+        "s3": servers.seaweedfs_server,
+        "az": servers.azure_server,
+        "gs": servers.gcs_server,
+    }[store]()
     with server as endpoint:
-        if store == "s3":
-            options, scheme = servers.s3_options(endpoint), "s3"
-        else:
-            options, scheme = servers.azure_options(endpoint), "az"
+        options, scheme = (
+            {
+                "s3": servers.s3_options,
+                "az": servers.azure_options,
+                "gs": servers.gcs_options,
+            }[store](endpoint),
+            store,
+        )
         fs = fsspec.filesystem(scheme, **options)
         bucket = servers.fresh_name("bench")
         fs.mkdir(bucket)

@@ -270,7 +270,7 @@ def _run_child(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1000, help="CT slices (0.5 MiB each)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of every method")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every method")
     parser.add_argument("--no-s3", action="store_true", help="local folder only")
     parser.add_argument(
         "--only",
