@@ -207,12 +207,13 @@ class AzureStore(StoreBase):
             result = await send(**_transactional(sent), **({"retry_total": 0} if probing else {}))
         except Exception as exc:
             if probing and _refuses_crc64(exc):
+                if _CRC64_ACCEPTED.get(self._account) is not False:  # once, not per part
+                    logger.warning(
+                        "aiodicom: %s refuses Azure's CRC-64 checksum header (an Azurite "
+                        "older than 3.37?); sending Content-MD5 to it instead",
+                        self._account,
+                    )
                 _CRC64_ACCEPTED[self._account] = False
-                logger.warning(
-                    "aiodicom: %s refuses Azure's CRC-64 checksum header (an Azurite "
-                    "older than 3.37?); sending Content-MD5 to it instead",
-                    self._account,
-                )
                 return await self._checked(send, data, sums, part)
             if sent is not None:
                 self._raise_mismatch(exc, sent, part)
