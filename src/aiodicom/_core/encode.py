@@ -475,18 +475,12 @@ def _raw_element(elem: RawDataElement, implicit_vr: bool, little_endian: bool) -
     if undefined and tag == _PIXEL_DATA:
         return None
     length = 0xFFFFFFFF if undefined else len(value)
-    if implicit_vr:
-        head = _TAG_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, length)
-    else:
-        vr = elem.VR
-        if not vr or len(vr) != 2 or not vr.isascii():
-            return None
-        if vr in EXPLICIT_VR_LENGTH_32:
-            head = _TAG_VR_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
-        elif undefined or length > 0xFFFF:
-            return None
-        else:
-            head = _TAG_VR_US[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
+    vr = elem.VR or ""  # looked at only with an explicit VR
+    if not implicit_vr and (len(vr) != 2 or not vr.isascii()):
+        return None
+    head = _head(tag, vr, length, implicit_vr, little_endian)
+    if head is None:
+        return None
     if undefined:
         return head + value + _DELIMITER[little_endian]
     return head + value
@@ -612,15 +606,21 @@ def _value_element(
             return None  # pydicom raises its own error for it
     else:
         return None
-    tag = elem.tag
-    length = len(out)
+    head = _head(elem.tag, vr, len(out), implicit_vr, little_endian)
+    return None if head is None else head + out
+
+
+def _head(tag: int, vr: str, length: int, implicit_vr: bool, little_endian: bool) -> bytes | None:
+    """The header ``write_data_element`` writes before a value of `length` bytes
+    (``0xFFFFFFFF``: undefined), or ``None`` where a 16-bit length cannot hold it
+    (pydicom then changes the VR to UN, with a warning, or refuses)."""
     if implicit_vr:
-        return _TAG_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, length) + out
+        return _TAG_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, length)
     if vr in EXPLICIT_VR_LENGTH_32:
-        return _TAG_VR_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length) + out
+        return _TAG_VR_UL[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
     if length > 0xFFFF:
-        return None  # pydicom changes the VR to UN, with a warning
-    return _TAG_VR_US[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length) + out
+        return None
+    return _TAG_VR_US[little_endian].pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
 
 def _new_buffer(encoding: tuple[bool, bool]) -> DicomBytesIO:

@@ -317,6 +317,7 @@ def _walk(top: str, selection: Selection = _EVERYTHING) -> Iterator[Source]:
     errors: list[OSError] = []
     if selection.avoids_folder(top):
         return
+    picky = bool(selection.include or selection.exclude)  # else every file is wanted
     for folder, subfolders, files in os.walk(top, onerror=errors.append):
         for error in errors:
             yield Source(error.filename or top, "error", error)
@@ -331,7 +332,6 @@ def _walk(top: str, selection: Selection = _EVERYTHING) -> Iterator[Source]:
                 continue
             kept.append(name)
         subfolders[:] = kept
-        picky = bool(selection.include or selection.exclude)
         for name in sorted(files):
             if name.endswith(TEMP_SUFFIX):
                 continue
