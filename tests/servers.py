@@ -300,7 +300,7 @@ def s3_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def seaweedfs_server() -> Iterator[str]:
+def seaweedfs_server(credentials: tuple[str, str] | None = None) -> Iterator[str]:
     """Run SeaweedFS (``weed mini``: master, volume, filer and S3 gateway in one
     process) on loopback; yield its S3 endpoint URL.
 
@@ -308,6 +308,9 @@ def seaweedfs_server() -> Iterator[str]:
     ``x-amz-checksum-crc32c`` / ``-sha256``, per part and at completion) and answers
     ``400 BadDigest`` to a mismatch.  Its data lives in a temporary folder that is
     removed on exit.  Ready when a real bucket create and write succeed.
+
+    Anonymous by default; with `credentials` (access key, secret key) it knows that
+    one identity only and checks every request's SigV4 signature.
     """
     binary = _binary("AIODICOM_SEAWEEDFS", _seaweedfs_default, "SeaweedFS (weed)")
     ports = _free_ports(10)
@@ -332,11 +335,21 @@ def seaweedfs_server() -> Iterator[str]:
             "-s3.port.lance=0",
             "-master.telemetry=false",
         ]
-        with _process(argv, url + "/", ready=lambda: _s3_writable(url)):
+        if credentials is not None:
+            config = Path(folder) / "s3.json"
+            identity = {
+                "name": "aiodicom",
+                "credentials": [{"accessKey": credentials[0], "secretKey": credentials[1]}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+            config.write_text(json.dumps({"identities": [identity]}))
+            argv.append(f"-s3.config={config}")
+        key, secret = credentials or ("testing", "testing")
+        with _process(argv, url + "/", ready=lambda: _s3_writable(url, key, secret)):
             yield url
 
 
-def _s3_writable(endpoint: str) -> bool:
+def _s3_writable(endpoint: str, key: str = "testing", secret: str = "testing") -> bool:
     """Whether a bucket can be created and an object written there (the S3 gateway
     answers HTTP before the volume server has registered)."""
     try:
@@ -348,8 +361,8 @@ def _s3_writable(endpoint: str) -> bool:
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
         config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}),
     )
     bucket = fresh_name("ready")

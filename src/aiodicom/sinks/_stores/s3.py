@@ -20,8 +20,13 @@ Checksums (S3's "flexible checksums"; the store checks them and answers
 * ``md5``: ``Content-MD5`` on PutObject and on every part; S3 checks no MD5 of a
   whole multipart object.
 
-Sending our own checksum header also stops botocore from computing its default
-CRC32 of each request body (``request_checksum_calculation="when_supported"``).
+Sending our own ``x-amz-checksum-*`` header also stops botocore from computing its
+default CRC32 of each request body (``request_checksum_calculation=
+"when_supported"``); with ``Content-MD5`` (``md5``) it still adds its CRC32.
+
+A PutObject like one botocore has already sent for this client and bucket is sent
+from that request as a template, without botocore's per-request pipeline (see
+``_s3put``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any, Final
 
 from ..._checksum import Algorithm
 from ..._errors import ChecksumMismatchError, exists_error
+from ._s3put import Templates
 from ._uploader import Checksums, Options, StoreBase
 
 __all__ = ["S3Store"]
@@ -100,16 +106,22 @@ class S3Store(StoreBase):
     async def put(self, data: bytes, exclusive: bool, whole: Checksums) -> None:
         match = {"IfNoneMatch": "*"} if exclusive else {}
         sent = self._checksum_args(whole)
+        method = self._client.put_object
+        args = self.fs._get_s3_method_kwargs(
+            method,
+            Bucket=self.bucket,
+            Key=self.key,
+            Body=data,
+            **self._object_args(),
+            **sent,
+            **match,
+        )
         try:
-            await self._request(
-                "put_object",
-                Bucket=self.bucket,
-                Key=self.key,
-                Body=data,
-                **self._object_args(),
-                **sent,
-                **match,
-            )
+            templates = Templates.of(self._client)
+            if templates is None:
+                await method(**args)
+            else:
+                await templates.put(args["Key"], data, args, lambda: method(**args))
         except Exception as exc:
             self._raise_mismatch(exc, whole)
             raise
