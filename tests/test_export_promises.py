@@ -846,3 +846,106 @@ async def test_a_folder_removed_during_the_export_is_made_again(tmp_path: Path) 
     )
     assert [r.status for r in report.items] == [Status.WRITTEN] * 2 + [Status.FAILED] * 4
     assert all(isinstance(r.error, OSError) for r in report.failures)
+
+
+# --- one item at a time: one worker thread for the run, results handed back in batches --
+
+
+def _broken_folder(folder: Path, count: int, broken: int) -> Path:
+    """`count` slices named in order, the one at `broken` not DICOM."""
+    folder.mkdir()
+    for number in range(count):
+        path = folder / f"{number:03d}.dcm"
+        if number == broken:
+            path.write_bytes(BROKEN_DICOM)
+        else:
+            _slice(number).save_as(path, enforce_file_format=True)
+    return folder
+
+
+async def test_one_item_at_a_time_fail_fast_starts_nothing_after_the_failure(
+    tmp_path: Path,
+) -> None:
+    """Results come back in batches, but a failed item is handed back alone and
+    the thread waits: no item after it is written."""
+    folder = _broken_folder(tmp_path / "in", 40, broken=5)
+    report = await aiodicom.export(
+        folder, tmp_path / "out", concurrency=1, fail_fast=True, template="{InstanceNumber}.dcm"
+    )
+    assert report.stopped_early
+    assert [r.status for r in report.items] == [Status.WRITTEN] * 5 + [Status.FAILED]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{n}.dcm" for n in range(5)]
+
+
+async def test_one_item_at_a_time_a_callback_hears_of_each_item_before_the_next(
+    tmp_path: Path,
+) -> None:
+    """With a progress callback, no batch: when it hears of item k, item k + 1
+    has not been written."""
+    folder = _source_folder(tmp_path / "in", 40)
+    out = tmp_path / "out"
+    seen: list[tuple[int, int]] = []
+
+    def on_progress(progress: aiodicom.ExportProgress) -> None:
+        seen.append((progress.written, len(list(out.iterdir()))))
+
+    await aiodicom.export(
+        folder, out, concurrency=1, progress=on_progress, template="{InstanceNumber}.dcm"
+    )
+    assert seen == [(n, n) for n in range(1, 41)]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.1, 0.3])
+async def test_one_item_at_a_time_cancelled_counts_every_result_it_finished(
+    tmp_path: Path, delay: float
+) -> None:
+    """Cancelled with results not yet handed back (no callback: batches), every
+    file left on disk is in the streamed report."""
+    folder = _source_folder(tmp_path / "in", 300)
+    report = tmp_path / "report.jsonl"
+    with anyio.move_on_after(delay):
+        await aiodicom.export(
+            folder,
+            tmp_path / "out",
+            concurrency=1,
+            workers=1,
+            report=report,
+            template="{SOPInstanceUID}.dcm",
+        )
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    listed = {Path(i["destination"]).name for i in lines if i.get("status") == "written"}
+    on_disk = (
+        {p.name for p in (tmp_path / "out").glob("*.dcm")}
+        if (tmp_path / "out").exists()
+        else set()
+    )
+    assert on_disk == listed
+    assert _temp_files(tmp_path) == []
+
+
+def test_sigterm_stops_the_cli_one_item_at_a_time(tmp_path: Path) -> None:
+    """The command line's progress bar lets results come back in batches: a
+    SIGTERM still leaves a report that lists every file on disk."""
+    sources = _source_folder(tmp_path / "in", 600, size=64)
+    report_path = tmp_path / "report.json"
+    process = _cli(
+        str(sources),
+        str(tmp_path / "out"),
+        *("--template", "{SOPInstanceUID}.dcm", "--report", str(report_path)),
+        *("--workers", "1", "-j", "1"),
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "out").exists() or len(list((tmp_path / "out").glob("*.dcm"))) < 20:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err.decode()
+    summary, items = read_report(report_path)
+    assert summary["stopped_early"] is True
+    listed = {Path(i["destination"]).name for i in items if i["status"] == "written"}
+    on_disk = {p.name for p in (tmp_path / "out").glob("*.dcm")}
+    assert on_disk == listed
+    assert len(on_disk) < 600
+    assert _temp_files(tmp_path) == []

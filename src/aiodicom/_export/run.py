@@ -11,7 +11,6 @@ import inspect
 import logging
 import os
 import pickle
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
@@ -50,6 +49,7 @@ from .sources import (
     Source,
     count_local,
     in_process_memory,
+    is_single,
     iter_sources,
     read_source,
     source_name,
@@ -309,9 +309,13 @@ async def run_export(
     check_destination: bool = True,
     names: OrderedNames | None = None,
     positions: list[int | None] | None = None,
+    progress_may_lag: bool = False,
 ) -> ExportReport:
     """Run an export whose settings were checked already (see :func:`export`);
     `on_item` gets every finished item (the streamed report).
+
+    `progress_may_lag`: `progress` only shows progress (the command line's bar)
+    and need not hear of each item before the next one starts.
 
     `check_destination`: run the destination's pre-flight check first (a Dask
     partition does not: the client did).  `names` decides the name clashes
@@ -345,9 +349,10 @@ async def run_export(
     await anyio.to_thread.run_sync(root.open_filesystem)
     run = Run(root, options, progress, tally, NameGate(names) if names is not None else None)
     run.positions = positions
+    run.progress_may_lag = progress_may_lag
     # One item at a time, all of it blocking work, and the gate is this run's own
-    # (one task claims, in source order): one thread hop per item.
-    run.one_hop = options.concurrency == 1 and not root.awaits_uploads and not run.async_transform
+    # (one task claims, in source order): one worker thread for the whole run.
+    run.serially = options.concurrency == 1 and not root.awaits_uploads and not run.async_transform
     send, receive = anyio.create_memory_object_stream[tuple[int, Source]](0)
     # Throughput first: encode in the worker threads, as a thread pool would; but
     # objects whose one request is awaited in the loop are encoded right there (a
@@ -437,6 +442,12 @@ async def _run_all(
         run.cancel_scope = group.cancel_scope
         group.start_soon(produce, sources, source_storage_options, selection, send)
         async with receive:
+            if run.serially:
+                from .serial import Serial
+
+                ahead = is_single(sources) or isinstance(sources, list | tuple)
+                group.start_soon(Serial(run, ahead=ahead).work, receive.clone())
+                return
             for _ in range(run.options.concurrency):
                 group.start_soon(_work, run, receive.clone())
 
@@ -584,10 +595,12 @@ class Run:
         self.look_first = (
             root.is_local and (options.skip_existing or options.dry_run) and self.transform is None
         )
-        self.one_hop = False
-        """Whether :meth:`export_one` reads, names, claims and writes in one
-        thread hop (see :meth:`_export_in_one_hop`); only for a run whose gate
-        no other task claims from (set by :func:`run_export`)."""
+        self.progress_may_lag = False
+        self.serially = False
+        """Whether the items are exported one at a time, read, named, claimed
+        and written in one worker thread for the whole run (see ``serial``);
+        only for a run whose gate no other task claims from (set by
+        :func:`run_export`)."""
 
     def finish(self) -> ExportReport:
         """The report; raises :class:`~aiodicom.DestinationError` (with it) if the
@@ -606,8 +619,6 @@ class Run:
         the export was cancelled is still counted: the report lists every
         destination that holds its bytes.
         """
-        if self.one_hop:
-            return await self._export_in_one_hop(source, seq)
         start = time.perf_counter()
         destination: str | None = None
         written: list[CountingSink | CountingAsyncSink] = []
@@ -657,49 +668,6 @@ class Run:
             ),
             False,
         )
-
-    async def _export_in_one_hop(self, source: Source, seq: int) -> tuple[ItemResult, bool]:
-        """:meth:`export_one` in one worker-thread hop instead of two, for an
-        export of one item at a time: read, name, claim and write in the same
-        thread, as a worker process does (its items' claims are decided at once:
-        every earlier item is done).
-
-        Cancellation keeps :meth:`export_one`'s promises.  The thread is
-        abandoned at once while it reads and names, and while it reads a
-        deferred item again (it stops before writing); once it writes, the
-        export waits for it: the write stops at its next chunk and is rolled
-        back, or it was committed and is counted.
-        """
-        hop = _Hop()
-
-        def whole() -> tuple[ItemResult, bool]:
-            outcome = self.name_blocking(source)
-            if not isinstance(outcome, Named):
-                return outcome
-            with hop.lock:
-                if hop.abandoned:
-                    raise _Abandoned
-                answer = self.gate.claim_now(seq, outcome.name)
-            try:
-                hop.result = self.write_blocking(outcome, answer, hop.check, hop.start_writing)
-                return hop.result
-            finally:
-                hop.done.set()
-
-        try:
-            return await anyio.to_thread.run_sync(whole, abandon_on_cancel=True)
-        except anyio.get_cancelled_exc_class():
-            with hop.lock:
-                hop.abandoned = True
-                writing = hop.writing
-            if writing:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(hop.done.wait)
-                if hop.result is not None and hop.result[0].status is Status.WRITTEN:
-                    self._record_now(hop.result[0], seq=seq)
-            raise
-        finally:
-            self.gate.resolve(seq)  # unless claimed (then nothing): it has no name
 
     def _failed(
         self,
@@ -1030,37 +998,6 @@ class Run:
     def _stop(self) -> None:
         assert self.cancel_scope is not None
         self.cancel_scope.cancel()
-
-
-class _Abandoned(BaseException):
-    """Raised in a worker thread whose item the export gave up (cancelled):
-    stop, and roll back the write if one was started."""
-
-
-class _Hop:
-    """Between the event loop and the thread of one item of
-    :meth:`Run._export_in_one_hop`: whether the loop gave the item up, whether the
-    thread is writing (and may no longer be given up), its result."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.abandoned = False
-        self.writing = False
-        self.done = threading.Event()
-        self.result: tuple[ItemResult, bool] | None = None
-
-    def start_writing(self) -> None:
-        """Before anything is written: stop if the item was given up, else
-        from now on the loop waits for the thread."""
-        with self.lock:
-            if self.abandoned:
-                raise _Abandoned
-            self.writing = True
-
-    def check(self) -> None:
-        """Between the chunks of the write: stop it if the item was given up."""
-        if self.abandoned:
-            raise _Abandoned
 
 
 _Outcome = tuple[Status, int, BaseException | None, Checksum | None]

@@ -153,7 +153,7 @@ def _label_dataset(dataset: Dataset) -> str:
     return f"<Dataset {uid}>" if uid else f"<Dataset at {id(dataset):#x}>"
 
 
-def _is_single(obj: Any) -> bool:
+def is_single(obj: Any) -> bool:
     """A source that is one thing (not an iterable of sources)."""
     return isinstance(obj, Dataset | str | bytes | os.PathLike) or callable(
         getattr(obj, "read", None)
@@ -172,7 +172,7 @@ async def iter_sources(
     with the rest; an iterable that raises ends the stream the same way.  Hidden
     files and folders met in a folder are yielded as ``kind="skipped"`` items.
     """
-    if _is_single(sources):
+    if is_single(sources):
         async for item in _expand(sources, storage_options, selection):
             yield item
         return

@@ -323,6 +323,7 @@ def _export(args: argparse.Namespace, sources: list[str], destination: str) -> i
                         progress=on_progress,
                         total=total,
                         check_destination=False,
+                        progress_may_lag=True,
                     )
                 except DestinationError as exc:  # a run of identical destination errors
                     stopped = exc
