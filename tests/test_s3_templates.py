@@ -364,3 +364,21 @@ async def test_templates_per_client_are_bounded(
         await aiodicom.dcmwrite(sink, ct_slice(8, 8, number=i))
         assert read(signed_options, bucket, f"{i}.dcm")
     assert [len(t.by_args) for t in Templates._of.values()] == [3]
+
+
+async def test_an_anonymous_client_sends_unsigned_templates(
+    seaweedfs_storage_options: dict[str, Any], sends: list[Any]
+) -> None:
+    """``anon=True`` (botocore's UNSIGNED): templated requests go unsigned, as
+    botocore sends them, to a store that allows anonymous writes."""
+    import s3fs
+
+    bucket = servers.fresh_name("anon")
+    s3fs.S3FileSystem(**seaweedfs_storage_options).mkdir(bucket)
+    options = {"anon": True, "client_kwargs": seaweedfs_storage_options["client_kwargs"]}
+    datasets = [ct_slice(8, 8, number=i) for i in range(4)]
+    for i, ds in enumerate(datasets):
+        await aiodicom.dcmwrite(f"s3://{bucket}/{i}.dcm", ds, storage_options=options)
+    assert sends == [True] * 3
+    for i, ds in enumerate(datasets):
+        assert read(seaweedfs_storage_options, bucket, f"{i}.dcm") == encoded(ds)
