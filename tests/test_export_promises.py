@@ -949,3 +949,30 @@ def test_sigterm_stops_the_cli_one_item_at_a_time(tmp_path: Path) -> None:
     assert on_disk == listed
     assert len(on_disk) < 600
     assert _temp_files(tmp_path) == []
+
+
+async def test_one_item_at_a_time_pulls_a_generator_in_a_list_as_items_are_done(
+    tmp_path: Path,
+) -> None:
+    """A list is queued ahead, but not a generator of yours inside it."""
+    done = 0
+    ahead: list[int] = []
+
+    def generate() -> Iterator[Dataset]:
+        for number in range(30):
+            ahead.append(number - done)
+            yield _slice(number)
+
+    def on_item(progress: aiodicom.ExportProgress) -> None:
+        nonlocal done
+        done = progress.done
+
+    report = await aiodicom.export(
+        [generate()],
+        tmp_path / "out",
+        concurrency=1,
+        progress=on_item,
+        template="{InstanceNumber}",
+    )
+    assert report.written == 30
+    assert max(ahead) <= 2

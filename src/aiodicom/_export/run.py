@@ -445,7 +445,11 @@ async def _run_all(
             if run.serially:
                 from .serial import Serial
 
-                ahead = is_single(sources) or isinstance(sources, list | tuple)
+                # queue sources ahead only from names and lists of ours to expand,
+                # never from an iterable of the caller's (pulled as items are done)
+                ahead = is_single(sources) or (
+                    isinstance(sources, list | tuple) and all(map(is_single, sources))
+                )
                 group.start_soon(Serial(run, ahead=ahead).work, receive.clone())
                 return
             for _ in range(run.options.concurrency):
