@@ -223,7 +223,10 @@ class Templates:
         request = AWSRequest(
             method="PUT", url=template.prefix + _encoded(key), headers=headers, data=body
         )
-        request.context.update(template.context)
+        # a copy per request: the signer may write into the context's dicts
+        request.context.update(
+            {k: dict(v) if isinstance(v, dict) else v for k, v in template.context.items()}
+        )
         signer = self.client._request_signer
         if template.signature_version is not _unsigned():
             auth = await signer.get_auth_instance(
