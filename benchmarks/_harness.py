@@ -65,14 +65,21 @@ def settle_page_cache() -> None:
     os.sync()
 
 
-def alternate(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+def alternate(
+    cases: dict[str, Callable[[], Any]],
+    rounds: int,
+    before: Callable[[str], Any] | None = None,
+) -> dict[str, list[float]]:
     """Run every case once per round, rotating the order each round (A/B/C, B/C/A...),
-    so that drift of a shared, noisy machine hits every case alike."""
+    so that drift of a shared, noisy machine hits every case alike.  `before`, if
+    given, is called with the case's name before each run, untimed."""
     names = list(cases)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            if before is not None:
+                before(name)
             gc.collect()
             settle_page_cache()
             start = time.perf_counter()
