@@ -26,6 +26,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -811,3 +812,39 @@ class RemoteStore:
             return bytes(self.fs.cat_file(f"{self.bucket}/{key}"))
         except FileNotFoundError:
             return None
+
+
+# --- corruption on the way out (integrity tests) -----------------------------------
+
+
+def flipped(data: bytes) -> bytes:
+    """`data` with one bit of its middle byte flipped."""
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0x01
+    return bytes(out)
+
+
+@contextmanager
+def corrupting(
+    monkeypatch: pytest.MonkeyPatch,
+    store: type[Any],
+    method: str,
+    *,
+    when: Callable[..., bool] = lambda *args: True,
+) -> Iterator[list[int]]:
+    """Flip a byte of the body that `store.method` sends (its first ``bytes``
+    argument), after aiodicom has checksummed it; yields the list of the calls
+    that were corrupted."""
+    real = getattr(store, method)
+    calls: list[int] = []
+
+    async def corrupt(self: Any, *args: Any) -> Any:
+        position = next(i for i, arg in enumerate(args) if isinstance(arg, bytes))
+        if when(*args):
+            calls.append(len(calls) + 1)
+            args = (*args[:position], flipped(args[position]), *args[position + 1 :])
+        return await real(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, method, corrupt)
+        yield calls

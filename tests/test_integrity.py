@@ -24,7 +24,7 @@ import base64
 import hashlib
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
@@ -46,7 +46,7 @@ from aiodicom.sinks._stores.gcs import GCSStore
 from aiodicom.sinks._stores.s3 import S3Store
 from tests import servers
 from tests.datasets import ct_slice, multiframe
-from tests.helpers import RemoteStore, read_report
+from tests.helpers import RemoteStore, corrupting, flipped, read_report
 
 pytestmark = pytest.mark.anyio
 
@@ -162,39 +162,6 @@ def fake_gcs(gcs_bucket: str, gcs_storage_options: dict[str, Any]) -> Target:
 
 
 # --- the corruption ---------------------------------------------------------------
-
-
-def flipped(data: bytes) -> bytes:
-    """`data` with one bit of its middle byte flipped."""
-    out = bytearray(data)
-    out[len(out) // 2] ^= 0x01
-    return bytes(out)
-
-
-@contextmanager
-def corrupting(
-    monkeypatch: pytest.MonkeyPatch,
-    store: type[Any],
-    method: str,
-    *,
-    when: Callable[..., bool] = lambda *args: True,
-) -> Iterator[list[int]]:
-    """Flip a byte of the body that `store.method` sends (its first ``bytes``
-    argument), after aiodicom has checksummed it; yields the list of the calls
-    that were corrupted."""
-    real = getattr(store, method)
-    calls: list[int] = []
-
-    async def corrupt(self: Any, *args: Any) -> Any:
-        position = next(i for i, arg in enumerate(args) if isinstance(arg, bytes))
-        if when(*args):
-            calls.append(len(calls) + 1)
-            args = (*args[:position], flipped(args[position]), *args[position + 1 :])
-        return await real(self, *args)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(store, method, corrupt)
-        yield calls
 
 
 def second_part(number: int, *args: Any) -> bool:

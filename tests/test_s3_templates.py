@@ -31,6 +31,7 @@ from aiodicom.sinks._stores._s3put import Templates, _Capture, _template
 from aiodicom.sinks._stores.s3 import S3Store
 from tests import servers
 from tests.datasets import ct_slice as _ct_slice
+from tests.helpers import corrupting
 
 pytestmark = pytest.mark.anyio
 
@@ -102,6 +103,15 @@ def read(options: dict[str, Any], bucket: str, key: str) -> bytes:
     fs.invalidate_cache()
     data: bytes = fs.cat_file(f"{bucket}/{key}")
     return data
+
+
+async def learned(options: dict[str, Any], bucket: str) -> tuple[str, bytes]:
+    """Write ``a.dcm`` (botocore: the template is learned) and ``b.dcm`` (from
+    the template); return the bucket's URL and what ``b.dcm`` holds."""
+    url = f"s3://{bucket}"
+    await aiodicom.dcmwrite(f"{url}/a.dcm", ct_slice(8, 8), storage_options=options)
+    await aiodicom.dcmwrite(f"{url}/b.dcm", ct_slice(8, 8), storage_options=options)
+    return url, read(options, bucket, "b.dcm")
 
 
 def test_the_server_checks_signatures(signed_options: dict[str, Any], bucket: str) -> None:
@@ -186,10 +196,7 @@ async def test_exists_is_answered_through_the_template(
 ) -> None:
     """The object appears between the sink's look and its PutObject: the
     store's 412 to the templated ``If-None-Match: *`` is the destination existing."""
-    url = f"s3://{bucket}"
-    await aiodicom.dcmwrite(f"{url}/a.dcm", ct_slice(8, 8), storage_options=signed_options)
-    await aiodicom.dcmwrite(f"{url}/b.dcm", ct_slice(8, 8), storage_options=signed_options)
-    before = read(signed_options, bucket, "b.dcm")
+    url, before = await learned(signed_options, bucket)
 
     async def looked_too_early(self: Any) -> bool:
         return False
@@ -209,19 +216,11 @@ async def test_a_bad_digest_is_answered_through_the_template(
     sends: list[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = f"s3://{bucket}"
-    await aiodicom.dcmwrite(f"{url}/a.dcm", ct_slice(8, 8), storage_options=signed_options)
-    await aiodicom.dcmwrite(f"{url}/b.dcm", ct_slice(8, 8), storage_options=signed_options)
-    before = read(signed_options, bucket, "b.dcm")
-    real = S3Store.put
-
-    async def corrupt(self: Any, data: bytes, *args: Any) -> Any:
-        flipped = bytearray(data)
-        flipped[len(flipped) // 2] ^= 1
-        return await real(self, bytes(flipped), *args)
-
-    monkeypatch.setattr(S3Store, "put", corrupt)
-    with pytest.raises(ChecksumMismatchError, match="BadDigest"):
+    url, before = await learned(signed_options, bucket)
+    with (
+        corrupting(monkeypatch, S3Store, "put"),
+        pytest.raises(ChecksumMismatchError, match="BadDigest"),
+    ):
         await aiodicom.dcmwrite(f"{url}/b.dcm", ct_slice(16, 16), storage_options=signed_options)
     assert sends == [True, "BadDigest"]
     assert read(signed_options, bucket, "b.dcm") == before
